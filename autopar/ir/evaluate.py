@@ -1,0 +1,29 @@
+"""Re-evaluate a Graph op by op (an interpreter; works eagerly and under ``jax.jit``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+from autopar import _jax_compat as jc
+from autopar.ir.graph import Role
+
+if TYPE_CHECKING:
+    from autopar.ir.graph import Graph
+
+
+def evaluate_graph(g: "Graph", flat_args: Sequence[Any]) -> list[Any]:
+    if len(flat_args) != len(g.inputs):
+        raise TypeError(f"graph takes {len(g.inputs)} flat inputs, got {len(flat_args)}")
+    env: list[Any] = [None] * len(g.tensors)
+    for tid, value in zip(g.inputs, flat_args):
+        env[tid] = value
+    for t in g.tensors:
+        if t.role is Role.CONSTANT:
+            env[t.id] = t.value
+    for op in g.ops:
+        if op.prim is None:
+            raise ValueError(f"{op} has no primitive to evaluate (was the graph built by autopar.trace?)")
+        outs = jc.bind(op.prim, [env[t] for t in op.inputs], dict(op.params))
+        for tid, value in zip(op.outputs, outs):
+            env[tid] = value
+    return [env[t] for t in g.outputs]
