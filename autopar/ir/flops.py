@@ -24,12 +24,35 @@ def _dot_general_flops(g: "Graph", op: "Op") -> float:
     return 2.0 * g.tensors[op.outputs[0]].size * k
 
 
+def _valid_taps(in_size: int, k: int, out_size: int, stride: int, pad_lo: int, lhs_dil: int,
+                rhs_dil: int) -> int:
+    """(output position, kernel tap) pairs of one spatial dim that read a real input element, not
+    padding or a hole of the lhs dilation: what XLA's HloCostAnalysis counts."""
+    extent = (in_size - 1) * lhs_dil + 1  # the dilated input
+    total = 0
+    for j in range(k):
+        c = j * rhs_dil - pad_lo  # input position read by output o is o * stride + c
+        lo = max(0, -(c // stride) if c < 0 else 0)
+        hi = min(out_size - 1, (extent - 1 - c) // stride)
+        if hi < lo:
+            continue
+        if lhs_dil == 1:
+            total += hi - lo + 1
+        else:  # only positions on the dilation grid: o * stride + c == 0 (mod lhs_dil)
+            total += sum(1 for o in range(lo, hi + 1) if (o * stride + c) % lhs_dil == 0)
+    return total
+
+
 def _conv_flops(g: "Graph", op: "Op") -> float:
-    rhs = g.tensors[op.inputs[1]]
-    dn = op.params["dimension_numbers"]
-    rhs_spec = dn.rhs_spec  # (out feature, in feature, *spatial)
-    per_output = rhs.shape[rhs_spec[1]] * math.prod(rhs.shape[d] for d in rhs_spec[2:])
-    return 2.0 * g.tensors[op.outputs[0]].size * per_output
+    lhs, rhs, out = (g.tensors[t] for t in (op.inputs[0], op.inputs[1], op.outputs[0]))
+    p = op.params
+    dn = p["dimension_numbers"]  # specs: (batch/out feature, feature/in feature, *spatial)
+    spatial = math.prod(
+        _valid_taps(lhs.shape[ld], rhs.shape[rd], out.shape[od], p["window_strides"][i], p["padding"][i][0],
+                    p["lhs_dilation"][i], p["rhs_dilation"][i])
+        for i, (ld, rd, od) in enumerate(zip(dn.lhs_spec[2:], dn.rhs_spec[2:], dn.out_spec[2:])))
+    non_spatial = out.size // math.prod(out.shape[d] for d in dn.out_spec[2:])
+    return 2.0 * non_spatial * rhs.shape[dn.rhs_spec[1]] * spatial
 
 
 def _per_output(g: "Graph", op: "Op") -> float:

@@ -1,0 +1,1 @@
+"""The ``autopar`` command line: ``autopar <subcommand> ...`` (see ``autopar.cli.main``)."""

@@ -1,0 +1,101 @@
+"""Parallelization methods: what the planner may search. Plain frozen option objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+
+@dataclass(frozen=True)
+class Method:
+    name = "method"
+
+
+@dataclass(frozen=True)
+class ShardParallel(Method):
+    """Intra-op only: one SPMD program over a logical mesh of all devices.
+
+    ``mesh_shape=None`` tries the factorisations of the device count (1-D, 2-D and 3-D) and keeps the best.
+    """
+
+    mesh_shape: tuple[int, ...] | None = None
+    num_microbatches: int | None = None
+    name = "shard"
+
+    def __post_init__(self) -> None:
+        if self.mesh_shape is not None:
+            object.__setattr__(self, "mesh_shape", tuple(int(d) for d in self.mesh_shape))
+            if any(d < 1 for d in self.mesh_shape):
+                raise ValueError(f"mesh_shape {self.mesh_shape} has a non-positive axis")
+
+
+@dataclass(frozen=True)
+class DataParallel(Method):
+    """Batch split over every device, parameters and optimizer state replicated (a constraint on the ILP)."""
+
+    name = "data"
+
+
+@dataclass(frozen=True)
+class ZeroParallel(Method):
+    """Data parallelism with state sharding: stage 1 optimizer state, 2 + gradients, 3 + parameters."""
+
+    stage: int = 3
+    name = "zero"
+
+    def __post_init__(self) -> None:
+        if self.stage not in (1, 2, 3):
+            raise ValueError(f"ZeroParallel(stage={self.stage}): stage must be 1, 2 or 3")
+
+
+@dataclass(frozen=True)
+class PipeshardParallel(Method):
+    """Pipeline stages on sub-meshes with intra-op sharding inside each stage."""
+
+    num_microbatches: int | None = None
+    layers: str | int = "auto"
+    stages: str | int | Sequence[int] = "auto"
+    schedule: str = "1f1b"
+    name = "pipeshard"
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("1f1b", "gpipe"):
+            raise ValueError(f"schedule={self.schedule!r}: use '1f1b' or 'gpipe'")
+
+
+@dataclass(frozen=True)
+class Manual3D(Method):
+    """A fixed Megatron-style configuration: dp x tp per stage, pp stages (a baseline and what-if tool)."""
+
+    dp: int = 1
+    tp: int = 1
+    pp: int = 1
+    num_microbatches: int | None = None
+    remat: str = "none"
+    name = "manual3d"
+
+    def __post_init__(self) -> None:
+        if min(self.dp, self.tp, self.pp) < 1:
+            raise ValueError(f"Manual3D(dp={self.dp}, tp={self.tp}, pp={self.pp}): all must be >= 1")
+        if self.remat not in ("none", "selective", "full"):
+            raise ValueError(f"remat={self.remat!r}: use 'none', 'selective' or 'full'")
+
+
+@dataclass(frozen=True)
+class Auto(Method):
+    """Search both levels (pipeline stages and intra-op sharding)."""
+
+    name = "auto"
+
+
+def resolve_method(method: "Method | str | None") -> Method:
+    if method is None or method == "auto":
+        return Auto()
+    if isinstance(method, Method):
+        return method
+    table = {"shard": ShardParallel, "data": DataParallel, "zero": ZeroParallel, "zero3": ZeroParallel,
+             "pipeshard": PipeshardParallel}
+    if method in table:
+        return table[method]()
+    raise ValueError(f"unknown method {method!r}: use 'auto', 'shard', 'data', 'zero3', 'pipeshard' or a "
+                     "method object such as autopar.ShardParallel(mesh_shape=(2, 4))")

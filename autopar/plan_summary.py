@@ -1,0 +1,43 @@
+"""Human-readable text of a Plan (the CLI inspector renders richer tables from the same data)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from autopar.ir.printing import human_bytes
+
+if TYPE_CHECKING:
+    from autopar.plan import Plan
+
+
+def _spec_text(spec: tuple[tuple[str, ...], ...]) -> str:
+    parts = [("(" + ",".join(a) + ")" if len(a) > 1 else a[0]) if a else "-" for a in spec]
+    return "[" + ", ".join(parts) + "]"
+
+
+def plan_summary(plan: "Plan", max_inputs: int = 12) -> str:
+    e = plan.estimate
+    mesh = " x ".join(f"{n}={s}" for n, s in zip(plan.axis_names, plan.mesh_shape))
+    lines = [
+        f"autopar plan: method {plan.method}, mesh {mesh}, cluster {plan.cluster.get('name', '?')} "
+        f"({plan.cluster.get('nodes', '?')} node(s) x {plan.cluster.get('devices_per_node', '?')})",
+        f"  step {e.step_time_s * 1e3:.3f} ms = compute {e.compute_time_s * 1e3:.3f} ms + communication "
+        f"{e.comm_time_s * 1e3:.3f} ms; bubble {e.bubble_fraction:.1%}; MFU {e.mfu:.1%}",
+        f"  peak memory per device {human_bytes(e.peak_memory_bytes)}; flops {e.flops:.3e}",
+    ]
+    if e.comm_bytes:
+        coll = ", ".join(f"{k} x{e.collective_counts.get(k, 0)} {human_bytes(v)}" for k, v in sorted(e.comm_bytes.items()))
+        lines.append(f"  collectives per device: {coll}")
+    search = plan.search or {}
+    if "search_time_s" in search:
+        ilp = search.get("ilp", {})
+        lines.append(f"  search {search['search_time_s']:.2f} s over {len(search.get('meshes', []))} mesh(es); "
+                     f"ILP {ilp.get('nodes', '?')} nodes, {ilp.get('variables', '?')} variables "
+                     f"({search.get('solver', '?')}, {ilp.get('status', '?')})")
+    for stage in plan.stages:
+        lines.append(f"  {stage.name}: mesh {stage.mesh_shape} devices {stage.devices[0]}..{stage.devices[-1]}")
+        for name, spec in stage.input_specs[:max_inputs]:
+            lines.append(f"    {name:<48} {_spec_text(spec)}")
+        if len(stage.input_specs) > max_inputs:
+            lines.append(f"    ... {len(stage.input_specs) - max_inputs} more inputs")
+    return "\n".join(lines)

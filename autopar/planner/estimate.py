@@ -1,0 +1,69 @@
+"""The predicted cost of a solved intra-op problem: an ``Estimate`` (time split, collectives, memory)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Sequence
+
+from autopar.cost_models.collectives import bytes_sent, collective_time
+from autopar.cost_models.memory import estimate_memory
+from autopar.plan import Estimate
+from autopar.sharding.reshard import CollectiveStep, reshard_steps
+
+if TYPE_CHECKING:
+    from autopar.planner.intra_op import IntraOpProblem
+
+
+def chosen_collectives(ip: "IntraOpProblem", choices: Sequence[int]) -> list[CollectiveStep]:
+    """Every collective the plan implies: strategies' own (partial sums) and resharding between ops."""
+    steps: list[CollectiveStep] = []
+    for v, node in enumerate(ip.nodes):
+        steps.extend(node.strategies[choices[v]].comm)
+    specs = ip.tensor_specs(choices)
+    for site in ip.sites:
+        want = site.wanted[choices[site.node]]
+        src = specs.get(site.tensor)
+        if want is None or src is None or src == want:
+            continue
+        t = ip.graph.tensors[site.tensor]
+        steps.extend(reshard_steps(src, want, t.shape, t.dtype, ip.mesh))
+    return steps
+
+
+def estimate_plan(ip: "IntraOpProblem", choices: Sequence[int], device: Any) -> Estimate:
+    mesh = ip.mesh
+    compute = float(sum(ip.compute_costs[v][c] for v, c in enumerate(choices)))
+    steps = chosen_collectives(ip, choices)
+    comm = 0.0
+    by_kind: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
+    for s in steps:
+        comm += collective_time(s.kind, s.nbytes, mesh.axis_links(s.axes))
+        by_kind[s.kind] += bytes_sent(s.kind, s.nbytes, mesh.size(s.axes))
+        counts[s.kind] += 1
+    specs = ip.tensor_specs(choices)
+
+    def tensor_bytes(t: Any) -> float:
+        spec = specs.get(t.id)
+        return float(t.nbytes) if spec is None else float(spec.bytes_per_device(t.shape, t.dtype, mesh))
+
+    mem = estimate_memory(ip.graph, tensor_bytes)
+    flops = ip.graph.flops()
+    step = compute + comm
+    peak = _peak_flops(ip, device) * mesh.num_devices
+    return Estimate(step_time_s=step, compute_time_s=compute, comm_time_s=comm, bubble_fraction=0.0,
+                    flops=flops, mfu=(flops / (step * peak)) if step > 0 and peak > 0 else 0.0,
+                    peak_memory_bytes=mem.peak_bytes, comm_bytes=dict(by_kind), collective_counts=dict(counts))
+
+
+def _peak_flops(ip: "IntraOpProblem", device: Any) -> float:
+    """Peak of the dtype that carries most matmul work (fp32 programs are measured against fp32 peak)."""
+    dtypes: Counter[Any] = Counter()
+    from autopar.ir.flops import op_flops
+
+    for op in ip.graph.ops:
+        if op.primitive in ("dot_general", "conv_general_dilated"):
+            dtypes[ip.graph.tensors[op.inputs[0]].dtype] += op_flops(ip.graph, op)
+    if not dtypes:
+        return float(device.flops_for(ip.graph.tensors[ip.graph.inputs[0]].dtype)) if ip.graph.inputs else 0.0
+    return float(device.flops_for(dtypes.most_common(1)[0][0]))

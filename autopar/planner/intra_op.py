@@ -1,0 +1,307 @@
+"""Build the intra-op ShardingProblem of a Graph on one logical mesh, and read a Solution back.
+
+Consumes: a Graph, a LogicalMesh with links, a device (roofline numbers), options (memory budget, method
+constraints). Produces: ``IntraOpProblem`` — the ShardingProblem plus, for every tensor, which ILP node
+decides its sharding and the spec each of that node's strategies gives it.
+
+Nodes are inputs (one strategy per valid spec of the input) and ops with their rule strategies. Trivial
+ops (elementwise, converts, selects on operands of the output's shape) are merged into the node that
+produces their main operand: they take its spec, add their sharded compute time to its cost, and their
+other operands become edges into it. Edge matrices are resharding times from ``autopar.sharding.reshard``
+with collective times from ``autopar.cost_models.collectives``; node costs are roofline compute time of
+the op split ``work_shards`` ways plus the time of the strategy's own collectives.
+
+Memory: one group at the program point where live memory peaks when everything is replicated (arguments,
+outputs and the temporaries live there), each node contributing the per-device bytes of its tensors in
+that set. The group is checked against the budget (or the device capacity when no budget is given).
+Refuses: nothing silently: ops without rules are planned replicated by the rule table (with a warning).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from autopar.cost_models.collectives import collective_time
+from autopar.cost_models.compute import op_cost
+from autopar.cost_models.memory import FUSIBLE, materialised
+from autopar.ir.graph import Graph, Role
+from autopar.planner.problem import Edge, MemoryGroup, ShardingProblem
+from autopar.sharding.reshard import CollectiveStep, reshard_steps
+from autopar.sharding.rules import strategies_for
+from autopar.sharding.spec import ShardingSpec
+from autopar.sharding.strategy import Strategy
+
+if TYPE_CHECKING:
+    from autopar.sharding.mesh import LogicalMesh
+
+# Ops merged into the producer of their main operand (they compute elementwise over it).
+FOLLOWERS = FUSIBLE - frozenset({"broadcast_in_dim", "reshape", "squeeze", "expand_dims", "iota"})
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    kind: str                          # "input" | "op"
+    key: int                           # tensor id for inputs, op id for ops
+    label: str
+    strategies: tuple[Strategy, ...]
+    merged_ops: tuple[int, ...] = ()   # followers folded into this node
+
+
+@dataclass(frozen=True)
+class ReshardSite:
+    """Tensor ``tensor`` must arrive at node ``node`` as ``wanted[strategy of node]`` (None: any spec)."""
+
+    tensor: int
+    node: int
+    wanted: tuple[ShardingSpec | None, ...]
+
+
+@dataclass(frozen=True)
+class IntraOpProblem:
+    graph: Graph
+    mesh: "LogicalMesh"
+    problem: ShardingProblem
+    nodes: tuple[NodeInfo, ...]
+    tensor_owner: Mapping[int, tuple[int, tuple[ShardingSpec, ...]]]   # tid -> (node, spec per strategy)
+    compute_costs: tuple[tuple[float, ...], ...]                       # per node, compute part of node cost
+    sites: tuple["ReshardSite", ...] = ()
+    peak_point: int | None = None
+    stats: Mapping[str, Any] = field(default_factory=dict)
+
+    def tensor_specs(self, choices: Sequence[int]) -> dict[int, ShardingSpec]:
+        """The spec of every non-constant tensor under the chosen strategies."""
+        return {t: specs[choices[node]] for t, (node, specs) in self.tensor_owner.items()}
+
+
+def candidate_specs(shape: Sequence[int], mesh: "LogicalMesh") -> list[ShardingSpec]:
+    """Every spec that assigns each mesh axis (size > 1) to at most one dim, dividing it; replicated first."""
+    axes = [a for a, s in zip(mesh.axis_names, mesh.shape) if s > 1]
+    ndim = len(shape)
+    out: list[ShardingSpec] = []
+    seen = set()
+    for assign in itertools.product(range(-1, ndim), repeat=len(axes)):
+        dims: list[tuple[str, ...]] = [() for _ in range(ndim)]
+        for axis, d in zip(axes, assign):
+            if d >= 0:
+                dims[d] = dims[d] + (axis,)
+        spec = ShardingSpec(tuple(dims))
+        if spec in seen or not spec.divides(shape, mesh):
+            continue
+        seen.add(spec)
+        out.append(spec)
+    out.sort(key=lambda s: (len(s.axes()), str(s)))
+    return out
+
+
+class _CostCache:
+    def __init__(self, mesh: "LogicalMesh") -> None:
+        self.mesh = mesh
+        self._reshard: dict[tuple[Any, ...], float] = {}
+        self._coll: dict[tuple[Any, ...], float] = {}
+
+    def collective(self, step: CollectiveStep) -> float:
+        key = (step.kind, step.nbytes, step.axes)
+        if key not in self._coll:
+            self._coll[key] = collective_time(step.kind, step.nbytes, self.mesh.axis_links(step.axes))
+        return self._coll[key]
+
+    def reshard(self, src: ShardingSpec, dst: ShardingSpec, shape: tuple[int, ...], dtype: Any) -> float:
+        if src == dst:
+            return 0.0
+        key = (src, dst, shape, str(dtype))
+        hit = self._reshard.get(key)
+        if hit is None:
+            hit = sum(self.collective(s) for s in reshard_steps(src, dst, shape, dtype, self.mesh))
+            self._reshard[key] = hit
+        return hit
+
+
+def _input_strategy(spec: ShardingSpec) -> Strategy:
+    return Strategy(name=f"input {spec}", in_specs=(), out_specs=(spec,), work_shards=1)
+
+
+def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
+                   memory_budget: float | None = None,
+                   input_filter: Callable[[Any, ShardingSpec], bool] | None = None) -> IntraOpProblem:
+    """The ShardingProblem of ``graph`` on ``mesh`` (see the module docstring)."""
+    cache = _CostCache(mesh)
+    nodes: list[NodeInfo] = []
+    costs: list[np.ndarray] = []
+    compute: list[np.ndarray] = []
+    owner: dict[int, tuple[int, tuple[ShardingSpec, ...]]] = {}
+    edges: dict[tuple[int, int], np.ndarray] = {}
+    merged: dict[int, list[int]] = defaultdict(list)
+    sites: list[ReshardSite] = []
+    pending: list[tuple[int, np.ndarray]] = []
+
+    def add_edge(u: int, v: int, matrix: np.ndarray) -> None:
+        if u == v:
+            costs[v] += np.diag(matrix)
+        elif (u, v) in edges:
+            edges[(u, v)] = edges[(u, v)] + matrix
+        else:
+            edges[(u, v)] = matrix
+
+    def edge_matrix(tid: int, wanted: Sequence[ShardingSpec | None],
+                    consumer: int | None = None) -> tuple[int, np.ndarray] | None:
+        """Resharding from tensor ``tid``'s owner strategies to the wanted spec of each consumer strategy."""
+        if tid not in owner:
+            return None  # constants: replicated, slicing them is free
+        t = graph.tensors[tid]
+        u, src_specs = owner[tid]
+        sites.append(ReshardSite(tid, len(nodes) if consumer is None else consumer, tuple(wanted)))
+        uniq_src = list(dict.fromkeys(src_specs))
+        uniq_dst = list(dict.fromkeys(w for w in wanted if w is not None))
+        if not uniq_dst:
+            return None
+        table = np.array([[cache.reshard(s, d, t.shape, t.dtype) for d in uniq_dst] for s in uniq_src])
+        si = np.array([uniq_src.index(s) for s in src_specs])
+        m = np.zeros((len(src_specs), len(wanted)))
+        for j, w in enumerate(wanted):
+            if w is not None:
+                m[:, j] = table[si, uniq_dst.index(w)]
+        return u, m
+
+    # ---- inputs -------------------------------------------------------------------------------------
+    for tid in graph.inputs:
+        t = graph.tensors[tid]
+        if tid in owner:
+            continue
+        specs = [s for s in candidate_specs(t.shape, mesh) if input_filter is None or input_filter(t, s)]
+        if not specs:
+            specs = [ShardingSpec.replicated(len(t.shape))]
+        v = len(nodes)
+        nodes.append(NodeInfo("input", tid, t.name or repr(t), tuple(_input_strategy(s) for s in specs)))
+        costs.append(np.zeros(len(specs)))
+        compute.append(np.zeros(len(specs)))
+        owner[tid] = (v, tuple(specs))
+
+    # ---- ops ----------------------------------------------------------------------------------------
+    for op in graph.ops:
+        outs = [graph.tensors[o] for o in op.outputs]
+        main = _follow_operand(graph, op, owner)
+        if main is not None:
+            v, specs = owner[main]
+            for o in op.outputs:
+                owner[o] = (v, specs)
+            shards_cost = np.array([op_cost(graph, op, device, s.num_shards(mesh)).time for s in specs])
+            costs[v] += shards_cost
+            compute[v] += shards_cost
+            merged[v].append(op.id)
+            for tid in op.inputs:
+                if tid == main or graph.tensors[tid].shape != outs[0].shape:
+                    continue
+                em = edge_matrix(tid, specs, consumer=v)
+                if em is not None:
+                    add_edge(em[0], v, em[1])
+            continue
+        strategies = tuple(strategies_for(graph, op, mesh))
+        v = len(nodes)
+        for k, tid in enumerate(op.inputs):
+            wanted = [s.in_specs[k] if k < len(s.in_specs) else None for s in strategies]
+            em = edge_matrix(tid, wanted, consumer=v)
+            if em is not None:
+                pending.append(em)
+        nodes.append(NodeInfo("op", op.id, f"op{op.id}:{op.primitive}", strategies))
+        comp = np.array([op_cost(graph, op, device, s.work_shards).time for s in strategies])
+        comm = np.array([sum(cache.collective(c) for c in s.comm) for s in strategies])
+        costs.append(comp + comm)
+        compute.append(comp)
+        for k, o in enumerate(op.outputs):
+            owner[o] = (v, tuple(s.out_specs[k] for s in strategies))
+        for u, m in pending:
+            add_edge(u, v, m)
+        pending.clear()
+
+    nodes = [NodeInfo(n.kind, n.key, n.label, n.strategies, tuple(merged.get(i, ()))) for i, n in enumerate(nodes)]
+    memory, groups, peak_point = _memory_groups(graph, mesh, owner, [len(n.strategies) for n in nodes])
+    budget = memory_budget if memory_budget is not None else float(device.memory_bytes)
+    problem = ShardingProblem(
+        node_names=tuple(n.label for n in nodes),
+        node_costs=tuple(tuple(c) for c in costs),
+        edges=tuple(Edge(u, v, m) for (u, v), m in sorted(edges.items())),
+        memory=tuple(tuple(m) for m in memory),
+        memory_groups=groups,
+        memory_budget=budget,
+        aliases=_aliases(graph, owner),
+    )
+    stats = {"nodes": len(nodes), "edges": len(edges), "ops": len(graph.ops),
+             "merged_ops": sum(len(m) for m in merged.values()),
+             "strategies": int(sum(len(n.strategies) for n in nodes))}
+    return IntraOpProblem(graph, mesh, problem, tuple(nodes), owner, tuple(tuple(c) for c in compute),
+                          tuple(sites), peak_point, stats)
+
+
+def _follow_operand(graph: Graph, op: Any, owner: Mapping[int, Any]) -> int | None:
+    """The operand an elementwise-like op follows: the first owned operand with the output's shape."""
+    if op.primitive not in FOLLOWERS or len(op.outputs) != 1:
+        return None
+    shape = graph.tensors[op.outputs[0]].shape
+    for tid in op.inputs:
+        if tid in owner and graph.tensors[tid].shape == shape:
+            return tid
+    return None
+
+
+def _memory_groups(graph: Graph, mesh: "LogicalMesh", owner: Mapping[int, tuple[int, tuple[ShardingSpec, ...]]],
+                   counts: Sequence[int]) -> tuple[list[np.ndarray], tuple[MemoryGroup, ...], int | None]:
+    """Per-node bytes of the tensors live at the replicated peak (arguments + outputs + live temporaries)."""
+    temps = {t.id for t in graph.tensors if materialised(graph, t)}
+    last_use = {t: max(graph.tensors[t].consumers, default=graph.tensors[t].producer or 0) for t in temps}
+    live: set[int] = set()
+    live_bytes = 0.0
+    best, best_point, best_set = -1.0, None, set()
+    frees: dict[int, list[int]] = defaultdict(list)
+    for t, i in last_use.items():
+        frees[i].append(t)
+    for op in graph.ops:
+        for o in op.outputs:
+            if o in temps:
+                live.add(o)
+                live_bytes += graph.tensors[o].nbytes
+        if live_bytes > best:
+            best, best_point, best_set = live_bytes, op.id, set(live)
+        for t in frees.get(op.id, ()):
+            live.discard(t)
+            live_bytes -= graph.tensors[t].nbytes
+    resident = set(graph.inputs) | set(graph.outputs) | best_set
+    num_nodes = len(counts)
+    memory = [np.zeros(n) for n in counts]
+    for tid in sorted(resident):
+        if tid not in owner:
+            continue
+        v, specs = owner[tid]
+        t = graph.tensors[tid]
+        vec = np.array([s.bytes_per_device(t.shape, t.dtype, mesh) for s in specs], dtype=float)
+        memory[v] = memory[v] + vec
+    const_bytes = sum(graph.tensors[t].nbytes for t in resident if t not in owner)
+    group = MemoryGroup(nodes=tuple(sorted(v for v in range(num_nodes) if memory[v].any())), base_bytes=const_bytes)
+    return memory, (group,), best_point
+
+
+def _aliases(graph: Graph, owner: Mapping[int, tuple[int, tuple[ShardingSpec, ...]]]) -> tuple[Any, ...]:
+    """A donated input and the output that reuses its buffer must share a sharding (matched in order)."""
+    from autopar.planner.problem import Alias
+
+    out: list[Alias] = []
+    free = [t for t in graph.inputs if graph.tensors[t].donated]
+    for o in graph.outputs:
+        ot = graph.tensors[o]
+        if o not in owner or graph.tensors[o].role in (Role.PARAMETER, Role.BATCH):
+            continue
+        match = next((i for i in free if graph.tensors[i].shape == ot.shape and graph.tensors[i].dtype == ot.dtype), None)
+        if match is None:
+            continue
+        free.remove(match)
+        (a, sa), (b, sb) = owner[match], owner[o]
+        if a == b:
+            continue
+        pairs = tuple((i, j) for i, x in enumerate(sa) for j, y in enumerate(sb) if x == y)
+        if pairs:
+            out.append(Alias(a, b, pairs))
+    return tuple(out)

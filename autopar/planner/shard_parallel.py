@@ -1,0 +1,190 @@
+"""Intra-op planning over whole-cluster meshes: ShardParallel, DataParallel and ZeroParallel.
+
+Consumes: a Graph, a ClusterSpec, a method. Produces: a single-stage ``Plan`` and the ``IntraOpProblem`` /
+``Solution`` it came from. With ``mesh_shape=None`` every factorisation of the device count into 1, 2 or 3
+axes is planned and the fastest predicted plan kept (ties keep the earlier, simpler mesh). DataParallel and
+ZeroParallel are constraints on the same ILP over a 1-D mesh: which input specs are allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from autopar.ir.graph import Graph, Role, Section
+from autopar.methods import DataParallel, Method, ShardParallel, ZeroParallel
+from autopar.plan import Estimate, Plan, StagePlan
+from autopar.planner.estimate import estimate_plan
+from autopar.planner.ilp import solve
+from autopar.planner.intra_op import IntraOpProblem, build_intra_op
+from autopar.planner.problem import Solution
+from autopar.sharding.mesh import LogicalMesh
+from autopar.sharding.spec import ShardingSpec
+
+AXIS_NAMES = ("x", "y", "z")
+
+
+@dataclass(frozen=True)
+class IntraOpResult:
+    plan: Plan
+    intra: IntraOpProblem
+    solution: Solution
+
+
+def mesh_candidates(n: int, max_axes: int = 3) -> list[tuple[int, ...]]:
+    """Factorisations of ``n`` into 1..max_axes axes of size > 1 (1-D first, then 2-D, then 3-D)."""
+    out: list[tuple[int, ...]] = [(n,)]
+    divisors = [d for d in range(2, n) if n % d == 0]
+    if max_axes >= 2:
+        out += [(a, n // a) for a in divisors]
+    if max_axes >= 3:
+        out += [(a, b, n // (a * b)) for a in divisors for b in divisors
+                if n % (a * b) == 0 and n // (a * b) > 1]
+    return out
+
+
+def graph_fingerprint(graph: Graph) -> str:
+    """A hash of the program's structure: primitives in order and every input/output shape and dtype."""
+    h = hashlib.sha256()
+    for t in graph.input_tensors() + graph.output_tensors():
+        h.update(f"{t.shape}{t.dtype.str};".encode())
+    for op in graph.ops:
+        h.update(op.primitive.encode())
+        h.update(str(len(op.inputs)).encode())
+    return h.hexdigest()[:16]
+
+
+def forward_inputs(graph: Graph) -> set[int]:
+    """Inputs read by forward ops: the model parameters (as opposed to optimizer state)."""
+    used: set[int] = set()
+    for op in graph.ops:
+        if op.section is Section.FORWARD:
+            used.update(op.inputs)
+    return {t for t in graph.inputs if t in used}
+
+
+def input_filter_for(method: Method, graph: Graph, mesh: LogicalMesh) -> Callable[[Any, ShardingSpec], bool] | None:
+    """The input-spec constraint a method puts on the ILP (None: free)."""
+    if not isinstance(method, (DataParallel, ZeroParallel)):
+        return None
+    all_axes = tuple(a for a, s in zip(mesh.axis_names, mesh.shape) if s > 1)
+    model_params = forward_inputs(graph)
+    stage = method.stage if isinstance(method, ZeroParallel) else 0
+
+    def allow(t: Any, spec: ShardingSpec) -> bool:
+        if t.role is Role.BATCH:
+            return bool(spec.dims) and spec.dims[0] == all_axes if t.shape and t.shape[0] % mesh.num_devices == 0 \
+                else spec.is_replicated
+        sharded_state = stage >= 3 or (stage >= 1 and t.id not in model_params)
+        if sharded_state and t.shape and any(d % mesh.num_devices == 0 for d in t.shape):
+            return set(spec.axes()) == set(all_axes)
+        return spec.is_replicated
+
+    return allow
+
+
+def plan_intra_op(graph: Graph, cluster: Any, method: Method, *, memory_budget: float | None = None,
+                  solver: str = "ortools", time_limit_s: float | None = None) -> IntraOpResult:
+    n = cluster.num_devices
+    if isinstance(method, ShardParallel) and method.mesh_shape is not None:
+        if math.prod(method.mesh_shape) != n:
+            raise ValueError(f"mesh_shape {method.mesh_shape} has {math.prod(method.mesh_shape)} devices but "
+                             f"{n} are planned for; use a shape whose product is {n}, e.g. {mesh_candidates(n)[:4]}")
+        shapes = [method.mesh_shape]
+    elif isinstance(method, (DataParallel, ZeroParallel)):
+        shapes = [(n,)]
+    else:
+        shapes = mesh_candidates(n)
+    if len(shapes[0]) > len(AXIS_NAMES):
+        raise ValueError(f"mesh_shape {shapes[0]} has more than {len(AXIS_NAMES)} axes")
+
+    start = time.perf_counter()
+    best: tuple[float, IntraOpProblem, Solution, Estimate] | None = None
+    tried = []
+    for shape in shapes:
+        names = AXIS_NAMES[:len(shape)]
+        mesh = LogicalMesh(shape, names, cluster.mesh_axes(shape, names))
+        ip = build_intra_op(graph, mesh, cluster.device, memory_budget=memory_budget,
+                            input_filter=input_filter_for(method, graph, mesh))
+        try:
+            sol = solve(ip.problem, backend=solver, time_limit_s=time_limit_s)
+        except ValueError as e:
+            tried.append({"mesh": list(shape), "error": str(e)})
+            if len(shapes) == 1:
+                raise
+            continue
+        est = estimate_plan(ip, sol.choices, cluster.device)
+        tried.append({"mesh": list(shape), "step_time_s": est.step_time_s, "objective": sol.objective,
+                      "nodes": ip.stats["nodes"], "solve_time_s": sol.solve_time_s})
+        if best is None or est.step_time_s < best[0] * (1 - 1e-9):
+            best = (est.step_time_s, ip, sol, est)
+    if best is None:
+        errors = "; ".join(f"{t['mesh']}: {t['error']}" for t in tried)
+        raise ValueError(f"no mesh admits a plan: {errors}")
+    _, ip, sol, est = best
+    search = {"search_time_s": time.perf_counter() - start, "solver": solver, "meshes": tried,
+              "ilp": {**ip.stats, "variables": sol.num_variables, "constraints": sol.num_constraints,
+                      "status": sol.status}}
+    return IntraOpResult(_to_plan(graph, cluster, method, ip, sol, est, search), ip, sol)
+
+
+def fixed_tensors(ip: IntraOpProblem) -> list[int]:
+    """Tensors the emitted program pins: every output of an op that is an ILP node."""
+    out = []
+    for node in ip.nodes:
+        if node.kind == "op":
+            out.extend(ip.graph.ops[node.key].outputs)
+    return out
+
+
+def _to_plan(graph: Graph, cluster: Any, method: Method, ip: IntraOpProblem, sol: Solution, est: Estimate,
+             search: dict[str, Any]) -> Plan:
+    specs = ip.tensor_specs(sol.choices)
+    rep = lambda t: ShardingSpec.replicated(len(graph.tensors[t].shape))  # noqa: E731
+    spec_of = lambda t: specs.get(t, rep(t)).dims  # noqa: E731
+    op_specs = []
+    for node in ip.nodes:
+        if node.kind == "op":
+            op = graph.ops[node.key]
+            op_specs.append((op.id, tuple(spec_of(o) for o in op.outputs)))
+    mesh = ip.mesh
+    stage = StagePlan(name="stage0", mesh_shape=mesh.shape, axis_names=mesh.axis_names,
+                      devices=tuple(range(mesh.num_devices)),
+                      input_specs=tuple((graph.tensors[t].name, spec_of(t)) for t in graph.inputs),
+                      output_specs=tuple(spec_of(t) for t in graph.outputs),
+                      op_specs=tuple(op_specs), estimate=est)
+    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(method).items()}
+    return Plan(method=method.name, method_options=options, mesh_shape=mesh.shape, axis_names=mesh.axis_names,
+                cluster=cluster.to_dict(), stages=(stage,), estimate=est,
+                graph_fingerprint=graph_fingerprint(graph), search=search)
+
+
+def plan_specs(plan: Plan, graph: Graph) -> tuple[dict[int, ShardingSpec], list[int]]:
+    """Tensor specs and pinned tensors of a single-stage plan, for emission (checks the fingerprint)."""
+    if plan.graph_fingerprint != graph_fingerprint(graph):
+        raise ValueError("the plan was made for a different program (graph fingerprint "
+                         f"{plan.graph_fingerprint} != {graph_fingerprint(graph)}); re-plan, or pass the same "
+                         "function and argument shapes the plan was made for")
+    stage = plan.stages[0]
+    specs: dict[int, ShardingSpec] = {}
+    for t, (_name, s) in zip(graph.inputs, stage.input_specs):
+        specs[t] = ShardingSpec(s)
+    for t, s in zip(graph.outputs, stage.output_specs):
+        specs.setdefault(t, ShardingSpec(s))
+    fixed = []
+    for op_id, out_specs in stage.op_specs:
+        for t, s in zip(graph.ops[op_id].outputs, out_specs):
+            specs[t] = ShardingSpec(s)
+            fixed.append(t)
+    return specs, fixed
+
+
+def _unused(*_: Sequence[Any]) -> None:
+    return None
+
+
+_ = itertools

@@ -1,0 +1,1 @@
+"""autopar's benchmark suite: Flax NNX models with functional train steps (``bench.models``)."""

@@ -1,0 +1,180 @@
+"""The intra-op ILP against brute force, across backends, with memory budgets, aliases and time limits."""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from autopar.planner import (Alias, Edge, InfeasibleMemoryError, MemoryGroup, ShardingProblem, brute_force,
+                             brute_force_min_budget, evaluate, min_memory_budget, solve)
+from autopar.planner.problem import is_feasible
+from autopar.planner.simplify import reduce
+
+TOL = 1e-6
+
+
+@st.composite
+def problems(draw: st.DrawFn) -> ShardingProblem:
+    n = draw(st.integers(2, 6))
+    ks = [draw(st.integers(1, 4)) for _ in range(n)]
+    val = st.integers(0, 12).map(lambda x: x * 0.25)   # coarse values: many ties and separable matrices
+    costs = [[draw(val) for _ in range(k)] for k in ks]
+    edges = []
+    for _ in range(draw(st.integers(0, 8))):             # parallel and reversed edges allowed
+        u, v = draw(st.sampled_from([(a, b) for a in range(n) for b in range(n) if a != b]))
+        edges.append(Edge(u, v, [[draw(val) for _ in range(ks[v])] for _ in range(ks[u])]))
+    memory, groups, budget = None, [], None
+    if draw(st.booleans()):
+        memory = [[draw(st.integers(0, 10)) for _ in range(k)] for k in ks]
+        for _ in range(draw(st.integers(0, 3))):
+            nodes = draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=n, unique=True))
+            groups.append(MemoryGroup(tuple(nodes), draw(st.integers(0, 5))))
+        budget = draw(st.none() | st.integers(0, 40))
+    aliases = []
+    for _ in range(draw(st.integers(0, 2))):
+        a, b = draw(st.sampled_from([(a, b) for a in range(n) for b in range(n) if a != b]))
+        pairs = draw(st.lists(st.tuples(st.integers(0, ks[a] - 1), st.integers(0, ks[b] - 1)),
+                              min_size=1, max_size=ks[a] * ks[b]))
+        aliases.append(Alias(a, b, tuple(pairs)))
+    fixed = {}
+    if draw(st.integers(0, 4)) == 0:
+        v = draw(st.integers(0, n - 1))
+        fixed[v] = draw(st.integers(0, ks[v] - 1))
+    return ShardingProblem(tuple(f"op{v}" for v in range(n)), tuple(map(tuple, costs)), tuple(edges),
+                           memory, tuple(groups), budget, tuple(aliases), fixed)
+
+
+def _outcome(fn):  # ("ok", Solution) | ("memory", min budget) | ("contradiction", None)
+    try:
+        return "ok", fn()
+    except InfeasibleMemoryError as e:
+        return "memory", e.min_budget_bytes
+    except ValueError as e:
+        assert "contradict" in str(e)
+        return "contradiction", None
+
+
+def _check_same(p: ShardingProblem, got, want) -> None:
+    assert got[0] == want[0], (got, want)
+    if got[0] == "ok":
+        sol = got[1]
+        assert is_feasible(p, sol.choices)
+        assert sol.objective == pytest.approx(evaluate(p, sol.choices), abs=TOL)
+        assert sol.objective == pytest.approx(want[1].objective, abs=TOL)
+        assert sol.status == "optimal"
+    elif got[0] == "memory":
+        assert got[1] == pytest.approx(want[1], abs=TOL)
+        assert got[1] > p.memory_budget
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(), st.booleans())
+def test_ilp_equals_brute_force(p: ShardingProblem, presolve: bool) -> None:
+    _check_same(p, _outcome(lambda: solve(p, presolve=presolve)), _outcome(lambda: brute_force(p)))
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems())
+def test_backends_agree(p: ShardingProblem) -> None:
+    want = _outcome(lambda: brute_force(p))
+    _check_same(p, _outcome(lambda: solve(p, backend="pulp", presolve=False)), want)
+    _check_same(p, _outcome(lambda: solve(p, backend="ortools", presolve=False)), want)
+
+
+def _random_problem(n: int, k: int, n_edges: int, seed: int, with_memory: bool = False) -> ShardingProblem:
+    rng = random.Random(seed)
+    costs = tuple(tuple(rng.random() for _ in range(k)) for _ in range(n))
+    edges = []
+    for _ in range(n_edges):
+        u, v = rng.sample(range(n), 2)
+        edges.append(Edge(u, v, [[rng.random() for _ in range(k)] for _ in range(k)]))
+    memory = groups = budget = None
+    if with_memory:
+        memory = tuple(tuple(float(rng.randint(1, 100)) for _ in range(k)) for _ in range(n))
+        groups = tuple(MemoryGroup(tuple(rng.sample(range(n), 5)), 10.0) for _ in range(n // 4))
+        budget = 300.0
+    return ShardingProblem(tuple(f"op{v}" for v in range(n)), costs, tuple(edges), memory, groups or (), budget)
+
+
+def test_deterministic() -> None:
+    p = _random_problem(40, 4, 70, seed=1, with_memory=True)
+    a, b = solve(p), solve(p)
+    assert a.choices == b.choices and a.objective == b.objective
+    assert a.objective == pytest.approx(solve(p, backend="pulp").objective, rel=1e-6)
+    # exact ties: two identical strategies everywhere -> the lower index, every run
+    tie = ShardingProblem(("a", "b"), ((1.0, 1.0), (2.0, 2.0)), (Edge(0, 1, ((0.0, 0.0), (0.0, 0.0))),))
+    assert solve(tie).choices == solve(tie).choices == (0, 0)
+
+
+def test_infeasible_budget_reports_minimum() -> None:
+    # two live nodes, 3 GiB + 5 GiB at best (strategy 1 each) + 1 GiB base = 9 GiB; budget 8 GiB
+    gib = 2.0**30
+    p = ShardingProblem(("w", "act"), ((0.0, 1.0), (0.0, 1.0)), (), ((6 * gib, 3 * gib), (8 * gib, 5 * gib)),
+                        (MemoryGroup((0, 1), gib),), 8 * gib)
+    with pytest.raises(InfeasibleMemoryError) as info:
+        solve(p)
+    assert info.value.min_budget_bytes == 9 * gib == brute_force_min_budget(p)
+    assert "needs at least 9.0 GiB per device; the budget is 8.0 GiB" in str(info.value)
+    assert "raise memory_budget" in str(info.value)
+    ok = solve(ShardingProblem(p.node_names, p.node_costs, (), p.memory, p.memory_groups, 9 * gib))
+    assert ok.choices == (1, 1) and ok.peak_group_memory == 9 * gib and ok.objective == 2.0
+
+
+def test_min_memory_budget_matches_brute_force() -> None:
+    p = _random_problem(6, 3, 8, seed=3, with_memory=True)
+    p = ShardingProblem(p.node_names, p.node_costs, p.edges, p.memory, (MemoryGroup((0, 1, 2), 5.0),
+                        MemoryGroup((2, 3, 4, 5), 0.0)), None, (Alias(0, 3, ((0, 0), (1, 1), (2, 2))),))
+    assert min_memory_budget(p) == brute_force_min_budget(p)
+    assert min_memory_budget(p, backend="pulp") == brute_force_min_budget(p)
+
+
+def test_contradictory_aliases_raise() -> None:
+    p = ShardingProblem(("a", "b"), ((0.0, 1.0), (0.0, 1.0)), (), aliases=(Alias(0, 1, ((0, 0),)),),
+                        fixed={1: 1})
+    with pytest.raises(ValueError, match="contradict"):
+        solve(p)
+
+
+def test_time_limit_returns_incumbent_with_warning() -> None:
+    p = _random_problem(400, 8, 1200, seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sol = solve(p, time_limit_s=0.5, presolve=False)
+    assert sol.status == "feasible"
+    assert any("may be suboptimal" in str(w.message) for w in caught)
+    assert sol.objective == pytest.approx(evaluate(p, sol.choices))
+
+
+def test_time_limit_without_incumbent_raises() -> None:
+    p = _random_problem(400, 8, 1200, seed=0)
+    with pytest.raises(RuntimeError, match="found no plan within time_limit_s"):
+        solve(p, time_limit_s=1e-4, presolve=False)
+
+
+def test_presolve_eliminates_chains_exactly() -> None:
+    # a chain a-b-c-d with random matrices: series elimination leaves nothing for the ILP
+    p = _random_problem(4, 3, 0, seed=5)
+    rng = random.Random(7)
+    edges = tuple(Edge(v, v + 1, [[rng.random() for _ in range(3)] for _ in range(3)]) for v in range(3))
+    p = ShardingProblem(p.node_names, p.node_costs, edges)
+    red = reduce(p)
+    assert red is not None and not red.alive.any()
+    sol = solve(p)
+    assert sol.num_variables == 0
+    assert sol.objective == pytest.approx(brute_force(p).objective, abs=1e-12)
+
+
+def test_validation_names_the_edge() -> None:
+    with pytest.raises(ValueError, match=r"edges\[0\] from node 0 \(a\) to node 1 \(b\).*\(2, 2\), expected \(2, 3\)"):
+        ShardingProblem(("a", "b"), ((0.0, 1.0), (0.0, 1.0, 2.0)), (Edge(0, 1, ((0, 0), (0, 0))),))
+    with pytest.raises(ValueError, match=r"memory\[1\]"):
+        ShardingProblem(("a", "b"), ((0.0,), (0.0, 1.0)), memory=((1.0,), (1.0,)))
+    with pytest.raises(ValueError, match="finite"):
+        ShardingProblem(("a",), ((math.inf,),))
+    with pytest.raises(ValueError, match="backend"):
+        solve(ShardingProblem(("a",), ((0.0,),)), backend="gurobi")
