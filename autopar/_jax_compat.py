@@ -93,11 +93,19 @@ def literal_value(v: Any) -> Any:
     return v.val
 
 
-def var_shape_dtype(v: Any) -> tuple[tuple[int, ...], np.dtype]:
+def var_shape_dtype(v: Any) -> tuple[tuple[int, ...], Any]:
+    """Shape and dtype of a jaxpr variable. Extended dtypes (PRNG keys, ``key<fry>``) are kept as JAX's dtype
+    object (it has ``name`` and ``itemsize``); abstract tokens get a zero-size placeholder."""
     aval = v.aval
-    shape = tuple(int(d) for d in getattr(aval, "shape", ()))
+    shape = tuple(map(int, getattr(aval, "shape", ())))
     dtype = getattr(aval, "dtype", None)
-    return shape, (np.dtype(dtype) if dtype is not None else np.dtype("float32"))
+    if isinstance(dtype, np.dtype):
+        return shape, dtype
+    if dtype is None:
+        return shape, np.dtype("float32")
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.extended):
+        return shape, dtype
+    return shape, np.dtype(dtype)
 
 
 def eqn_name_stack(eqn: Any) -> str:

@@ -12,7 +12,7 @@ The model of temporaries follows what XLA does to a jaxpr before it allocates bu
 - every other value (dot/conv results, reductions, gathers, scans, values used by a dot) lives from the op
   that makes it to its last use; inputs, outputs and constants are not temporaries;
 - a dot_general whose batch dimensions are not leading reads a transposed copy of that operand;
-- the peak is the largest sum of live temporaries over program order (XLA's scheduler may do better).
+- the peak is taken over program order (XLA's scheduler may do better).
 """
 
 from __future__ import annotations

@@ -164,12 +164,14 @@ def _body_graph(jaxpr: Any, consts: Sequence[Any]) -> Graph:
 def _normalize_argnums(argnums: int | Sequence[int] | None, nargs: int, what: str) -> tuple[int, ...]:
     if argnums is None:
         return ()
-    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    nums = tuple(argnums) if isinstance(argnums, (tuple, list, range)) else (argnums,)
     out = []
     for n in nums:
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+            raise ValueError(f"{what}={argnums!r}: argument numbers must be ints (positions in *args)")
         if not -nargs <= n < nargs:
             raise ValueError(f"{what}={argnums!r} is out of range for {nargs} positional arguments")
-        out.append(n % nargs)
+        out.append(int(n) % nargs)
     return tuple(sorted(set(out)))
 
 

@@ -19,6 +19,8 @@ def chosen_collectives(ip: "IntraOpProblem", choices: Sequence[int]) -> list[Col
     steps: list[CollectiveStep] = []
     for v, node in enumerate(ip.nodes):
         steps.extend(node.strategies[choices[v]].comm)
+    for v, chosen in ip.followers.values():
+        steps.extend(chosen[choices[v]].comm)
     specs = ip.tensor_specs(choices)
     for site in ip.sites:
         want = site.wanted[choices[site.node]]

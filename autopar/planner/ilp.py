@@ -14,13 +14,17 @@ tight constraints ``sum_j e[i, j] = x[u, i]`` and ``sum_i e[i, j] = x[v, j]``; m
 ``sum_v memory[v] . x[v] <= budget - base`` per group. Objective: node costs + edge costs (+ the constant
 folded away by the reductions).
 
-Backend "ortools" is CP-SAT (one worker, seed 0: deterministic). CP-SAT needs integers: every objective
-coefficient is shifted by its vector/matrix minimum (a constant) and scaled by ``2**30 / max coefficient``;
-each rounded term is off by at most ``max/2**31``, so the chosen plan is within ``(nodes + edges) * max *
-2**-30`` of the true optimum (under 1e-5 of one coefficient for 10^4 terms) and the reported objective is
-exact. Memory rows are rounded conservatively (coefficients up to whole bytes, the right side down), so a
-CP-SAT plan never exceeds the budget. Backend "pulp" is PuLP's bundled CBC (one thread) on the float model.
-``bench/ilp_scaling.py`` compares CP-SAT with OR-Tools' SCIP/CBC MIP interface (``backend="ortools-mip"``).
+Backend "ortools" is OR-Tools' MIP interface (pywraplp) with SCIP, single-threaded and deterministic, on the
+float model, started from a greedy hint (each node's cheapest strategy) so a time limit always leaves an
+incumbent when the hint fits the memory budget. It was picked over CP-SAT by measurement (see
+``bench/ilp_scaling.py``): on a 14-node random problem SCIP 0.14 s vs CP-SAT 1.4 s; CP-SAT found no
+incumbent in 0.5 s where SCIP starts from the hint. Backend "pulp" is PuLP's bundled CBC (one thread).
+Backend "ortools-cpsat" (CP-SAT, one worker, seed 0) is kept for comparison. CP-SAT needs integers: every
+objective coefficient is shifted by its vector/matrix minimum (a constant) and scaled by ``2**30 / max
+coefficient``; each rounded term is off by at most ``max/2**31``, so its plan is within ``(nodes + edges) *
+max * 2**-30`` of the true optimum; memory rows are rounded conservatively (coefficients up to whole bytes,
+the right side down) so a CP-SAT plan never exceeds the budget. Every backend's reported objective is
+recomputed exactly from the original problem.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from autopar.planner.problem import (InfeasibleMemoryError, ShardingProblem, Sol
                                      peak_group_memory)
 from autopar.planner.simplify import Reduced, reduce
 
-BACKENDS = ("ortools", "pulp", "ortools-mip")
+BACKENDS = ("ortools", "pulp", "ortools-cpsat")
 _CPSAT_RESOLUTION = 2.0**30
 
 
@@ -47,6 +51,7 @@ class _Model:
     obj: list[float] = field(default_factory=list)
     rows: list[tuple[list[int], list[float], float, float]] = field(default_factory=list)
     continuous: dict[int, tuple[float, float]] = field(default_factory=dict)
+    hint: dict[int, int] = field(default_factory=dict)  # a greedy start (may violate memory rows)
 
     def var(self, cost: float = 0.0) -> int:
         self.obj.append(float(cost))
@@ -117,18 +122,25 @@ def _build(p: ShardingProblem, red: Reduced) -> tuple[_Model, dict[int, list[int
         const += low
         xvars[v] = [m.var(float(ci) - low if np.isfinite(ci) else 0.0) for ci in c]
         m.row(xvars[v], [1.0] * len(c), 1.0, 1.0)
+        greedy = int(np.argmin(c))
+        m.hint.update({x: int(k == greedy) for k, x in enumerate(xvars[v])})
         for k in np.nonzero(~np.isfinite(c))[0]:
             m.row([xvars[v][k]], [1.0], 0.0, 0.0)
     for (u, v), mat in edges.items():
         low = float(mat[np.isfinite(mat)].min())
         const += low
-        e = {(i, j): m.var(float(mat[i, j]) - low) for i, j in zip(*np.nonzero(np.isfinite(mat)))}
-        for i, xu in enumerate(xvars[u]):
-            ids = [k for (a, _), k in e.items() if a == i]
-            m.row(ids + [xu], [1.0] * len(ids) + [-1.0], 0.0, 0.0)
-        for j, xv in enumerate(xvars[v]):
-            ids = [k for (_, b), k in e.items() if b == j]
-            m.row(ids + [xv], [1.0] * len(ids) + [-1.0], 0.0, 0.0)
+        rows, row_of = _classes(mat)
+        cols, col_of = _classes(mat.T)
+        small = mat[np.ix_([r[0] for r in rows], [c[0] for c in cols])]
+        e = {(a, b): m.var(float(small[a, b]) - low) for a, b in zip(*np.nonzero(np.isfinite(small)))}
+        for (a, b), k in e.items():
+            m.hint[k] = int(any(m.hint[xvars[u][i]] for i in rows[a]) and any(m.hint[xvars[v][j]] for j in cols[b]))
+        for a, members in enumerate(rows):
+            ids = [k for (r, _), k in e.items() if r == a]
+            m.row(ids + [xvars[u][i] for i in members], [1.0] * len(ids) + [-1.0] * len(members), 0.0, 0.0)
+        for b, members in enumerate(cols):
+            ids = [k for (_, c), k in e.items() if c == b]
+            m.row(ids + [xvars[v][j] for j in members], [1.0] * len(ids) + [-1.0] * len(members), 0.0, 0.0)
     if red.protected.any() and p.memory is not None and p.memory_budget is not None:
         for g in p.memory_groups:
             hi, ids, coefs = p.memory_budget - g.base_bytes, [], []
@@ -142,6 +154,21 @@ def _build(p: ShardingProblem, red: Reduced) -> tuple[_Model, dict[int, list[int
             if ids:
                 m.row(ids, coefs, -math.inf, hi)
     return m, xvars
+
+
+def _classes(mat: np.ndarray) -> tuple[list[list[int]], list[int]]:
+    """Groups of identical rows (first-seen order) and each row's group."""
+    groups: dict[bytes, int] = {}
+    members: list[list[int]] = []
+    of = []
+    for i, row in enumerate(mat):
+        key = np.where(np.isfinite(row), row, np.inf).tobytes()
+        g = groups.setdefault(key, len(members))
+        if g == len(members):
+            members.append([])
+        members[g].append(i)
+        of.append(g)
+    return members, of
 
 
 def min_memory_budget(p: ShardingProblem, backend: str = "ortools", time_limit_s: float | None = None) -> float:
@@ -192,7 +219,7 @@ def _raise_infeasible(p: ShardingProblem, backend: str, time_limit_s: float | No
 
 
 def _run(backend: str, m: _Model, time_limit_s: float | None) -> _Raw:
-    if backend == "ortools":
+    if backend == "ortools-cpsat":
         return _run_cpsat(m, time_limit_s)
     if backend == "pulp":
         return _run_pulp(m, time_limit_s)
@@ -223,6 +250,8 @@ def _run_cpsat(m: _Model, time_limit_s: float | None) -> _Raw:
     integral = all(float(c).is_integer() for c in m.obj) and top < 2**40
     scale = 1.0 if integral or top == 0 else _CPSAT_RESOLUTION / top
     model.minimize(cp_model.LinearExpr.weighted_sum(vs, [round(c * scale) for c in m.obj]))
+    for k, h in m.hint.items():
+        model.add_hint(vs[k], h)
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = 1
     solver.parameters.random_seed = 0
@@ -254,6 +283,8 @@ def _run_mip(m: _Model, time_limit_s: float | None, name: str = "SCIP") -> _Raw:
         if c:
             obj.SetCoefficient(v, c)
     obj.SetMinimization()
+    if m.hint:
+        s.SetHint([vs[k] for k in m.hint], [float(h) for h in m.hint.values()])
     if time_limit_s is not None:
         s.SetTimeLimit(int(math.ceil(time_limit_s * 1000)))
     st = s.Solve()

@@ -30,6 +30,7 @@ from autopar.cost_models.collectives import collective_time
 from autopar.cost_models.compute import op_cost
 from autopar.cost_models.memory import FUSIBLE, materialised
 from autopar.ir.graph import Graph, Role
+from autopar.planner.layer_ties import input_ties, op_ties
 from autopar.planner.problem import Edge, MemoryGroup, ShardingProblem
 from autopar.sharding.reshard import CollectiveStep, reshard_steps
 from autopar.sharding.rules import strategies_for
@@ -39,6 +40,9 @@ from autopar.sharding.strategy import Strategy
 if TYPE_CHECKING:
     from autopar.sharding.mesh import LogicalMesh
 
+# Two-operand contractions and lookups keep nodes of their own even with a single owned operand.
+NOT_MAPPED = frozenset({"dot_general", "conv_general_dilated", "gather", "scatter", "scatter-add",
+                        "dynamic_update_slice", "concatenate", "sort"})
 # Ops merged into the producer of their main operand (they compute elementwise over it).
 FOLLOWERS = FUSIBLE - frozenset({"broadcast_in_dim", "reshape", "squeeze", "expand_dims", "iota"})
 
@@ -50,6 +54,7 @@ class NodeInfo:
     label: str
     strategies: tuple[Strategy, ...]
     merged_ops: tuple[int, ...] = ()   # followers folded into this node
+    tied_ops: tuple[int, ...] = ()     # ops of identical layers that share this node's choice
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,7 @@ class IntraOpProblem:
     tensor_owner: Mapping[int, tuple[int, tuple[ShardingSpec, ...]]]   # tid -> (node, spec per strategy)
     compute_costs: tuple[tuple[float, ...], ...]                       # per node, compute part of node cost
     sites: tuple["ReshardSite", ...] = ()
+    followers: Mapping[int, tuple[int, tuple[Strategy, ...]]] = field(default_factory=dict)
     peak_point: int | None = None
     stats: Mapping[str, Any] = field(default_factory=dict)
 
@@ -127,9 +133,18 @@ def _input_strategy(spec: ShardingSpec) -> Strategy:
 
 def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
                    memory_budget: float | None = None,
-                   input_filter: Callable[[Any, ShardingSpec], bool] | None = None) -> IntraOpProblem:
-    """The ShardingProblem of ``graph`` on ``mesh`` (see the module docstring)."""
+                   input_filter: Callable[[Any, ShardingSpec], bool] | None = None,
+                   tie_layers: bool = True) -> IntraOpProblem:
+    """The ShardingProblem of ``graph`` on ``mesh`` (see the module docstring).
+
+    ``tie_layers``: ops (and the parameters they read) of structurally identical layers share one node
+    (``autopar.planner.layer_ties``), so the problem grows with distinct layer kinds, not with depth.
+    """
     cache = _CostCache(mesh)
+    ties = op_ties(graph) if tie_layers else {}
+    in_ties = input_ties(graph, ties) if tie_layers else {}
+    node_of_op: dict[int, int] = {}
+    tied: dict[int, list[int]] = defaultdict(list)
     nodes: list[NodeInfo] = []
     costs: list[np.ndarray] = []
     compute: list[np.ndarray] = []
@@ -168,9 +183,13 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
         return u, m
 
     # ---- inputs -------------------------------------------------------------------------------------
-    for tid in graph.inputs:
+    for tid in sorted(graph.inputs, key=lambda t: t in in_ties):
         t = graph.tensors[tid]
         if tid in owner:
+            continue
+        rep_t = in_ties.get(tid)
+        if rep_t is not None and rep_t in owner:
+            owner[tid] = owner[rep_t]
             continue
         specs = [s for s in candidate_specs(t.shape, mesh) if input_filter is None or input_filter(t, s)]
         if not specs:
@@ -181,9 +200,30 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
         compute.append(np.zeros(len(specs)))
         owner[tid] = (v, tuple(specs))
 
+    followers: dict[int, tuple[int, tuple[Strategy, ...]]] = {}
+
+    def strategy_cost(op: Any, s: Strategy) -> tuple[float, float]:
+        comp = op_cost(graph, op, device, s.work_shards).time
+        return comp, comp + sum(cache.collective(c) for c in s.comm)
+
     # ---- ops ----------------------------------------------------------------------------------------
     for op in graph.ops:
         outs = [graph.tensors[o] for o in op.outputs]
+        mapped = _mapped_operand(graph, op, owner)
+        chosen = _propagate(graph, op, mapped, owner, mesh) if mapped is not None else None
+        if mapped is not None and chosen is not None:
+            # A layout op (reshape, transpose, broadcast, slice, ...) whose operand's every possible spec
+            # passes through it unchanged and without communication follows its operand: no node of its own.
+            k, main = mapped
+            v, specs = owner[main]
+            price = {s: strategy_cost(op, s) for s in dict.fromkeys(chosen)}
+            costs[v] += np.array([price[s][1] for s in chosen])
+            compute[v] += np.array([price[s][0] for s in chosen])
+            owner[op.outputs[0]] = (v, tuple(s.out_specs[0] for s in chosen))
+            sites.append(ReshardSite(main, v, tuple(s.in_specs[k] for s in chosen)))
+            followers[op.id] = (v, chosen)
+            merged[v].append(op.id)
+            continue
         main = _follow_operand(graph, op, owner)
         if main is not None:
             v, specs = owner[main]
@@ -200,25 +240,33 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
                 if em is not None:
                     add_edge(em[0], v, em[1])
             continue
-        strategies = tuple(strategies_for(graph, op, mesh))
-        v = len(nodes)
+        rep = node_of_op.get(ties.get(op.id, -1))
+        strategies = nodes[rep].strategies if rep is not None else tuple(strategies_for(graph, op, mesh))
+        v = rep if rep is not None else len(nodes)
         for k, tid in enumerate(op.inputs):
             wanted = [s.in_specs[k] if k < len(s.in_specs) else None for s in strategies]
             em = edge_matrix(tid, wanted, consumer=v)
             if em is not None:
                 pending.append(em)
-        nodes.append(NodeInfo("op", op.id, f"op{op.id}:{op.primitive}", strategies))
         comp = np.array([op_cost(graph, op, device, s.work_shards).time for s in strategies])
         comm = np.array([sum(cache.collective(c) for c in s.comm) for s in strategies])
-        costs.append(comp + comm)
-        compute.append(comp)
+        if rep is None:
+            nodes.append(NodeInfo("op", op.id, f"op{op.id}:{op.primitive}", strategies))
+            costs.append(comp + comm)
+            compute.append(comp)
+            node_of_op[op.id] = v
+        else:
+            costs[v] += comp + comm
+            compute[v] += comp
+            tied[v].append(op.id)
         for k, o in enumerate(op.outputs):
             owner[o] = (v, tuple(s.out_specs[k] for s in strategies))
         for u, m in pending:
             add_edge(u, v, m)
         pending.clear()
 
-    nodes = [NodeInfo(n.kind, n.key, n.label, n.strategies, tuple(merged.get(i, ()))) for i, n in enumerate(nodes)]
+    nodes = [NodeInfo(n.kind, n.key, n.label, n.strategies, tuple(merged.get(i, ())), tuple(tied.get(i, ())))
+             for i, n in enumerate(nodes)]
     memory, groups, peak_point = _memory_groups(graph, mesh, owner, [len(n.strategies) for n in nodes])
     budget = memory_budget if memory_budget is not None else float(device.memory_bytes)
     problem = ShardingProblem(
@@ -231,10 +279,37 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
         aliases=_aliases(graph, owner),
     )
     stats = {"nodes": len(nodes), "edges": len(edges), "ops": len(graph.ops),
-             "merged_ops": sum(len(m) for m in merged.values()),
+             "merged_ops": sum(len(m) for m in merged.values()), "tied_ops": sum(len(t) for t in tied.values()),
              "strategies": int(sum(len(n.strategies) for n in nodes))}
     return IntraOpProblem(graph, mesh, problem, tuple(nodes), owner, tuple(tuple(c) for c in compute),
-                          tuple(sites), peak_point, stats)
+                          tuple(sites), followers, peak_point, stats)
+
+
+def _propagate(graph: Graph, op: Any, mapped: tuple[int, int], owner: Mapping[int, Any],
+               mesh: "LogicalMesh") -> tuple[Strategy, ...] | None:
+    """For each strategy of the operand's owner, the op's communication-free strategy that takes the
+    operand as it is (the first, in rule order); None when some operand spec has no such strategy."""
+    k, main = mapped
+    _, specs = owner[main]
+    by_input: dict[ShardingSpec, Strategy] = {}
+    for s in strategies_for(graph, op, mesh):
+        if not s.comm and s.in_specs[k] is not None:
+            by_input.setdefault(s.in_specs[k], s)
+    if any(p not in by_input for p in specs):
+        return None
+    return tuple(by_input[p] for p in specs)
+
+
+def _mapped_operand(graph: Graph, op: Any, owner: Mapping[int, Any]) -> tuple[int, int] | None:
+    """(operand index, tensor) of the one owned non-scalar operand of a single-output, one-operand op."""
+    if len(op.outputs) != 1 or op.subgraphs or op.primitive in FOLLOWERS or op.primitive in NOT_MAPPED:
+        return None
+    found = [(k, t) for k, t in enumerate(op.inputs) if t in owner and graph.tensors[t].shape]
+    if len(found) != 1 or len(set(op.inputs)) != len(op.inputs):
+        return None
+    others_small = all(graph.tensors[t].size <= 1 or t not in owner
+                       for t in op.inputs if t != found[0][1])
+    return found[0] if others_small else None
 
 
 def _follow_operand(graph: Graph, op: Any, owner: Mapping[int, Any]) -> int | None:

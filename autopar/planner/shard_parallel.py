@@ -51,7 +51,7 @@ def graph_fingerprint(graph: Graph) -> str:
     """A hash of the program's structure: primitives in order and every input/output shape and dtype."""
     h = hashlib.sha256()
     for t in graph.input_tensors() + graph.output_tensors():
-        h.update(f"{t.shape}{t.dtype.str};".encode())
+        h.update(f"{t.shape}{t.dtype};".encode())
     for op in graph.ops:
         h.update(op.primitive.encode())
         h.update(str(len(op.inputs)).encode())
@@ -137,7 +137,8 @@ def fixed_tensors(ip: IntraOpProblem) -> list[int]:
     out = []
     for node in ip.nodes:
         if node.kind == "op":
-            out.extend(ip.graph.ops[node.key].outputs)
+            for op_id in (node.key, *node.tied_ops):
+                out.extend(ip.graph.ops[op_id].outputs)
     return out
 
 
@@ -149,8 +150,9 @@ def _to_plan(graph: Graph, cluster: Any, method: Method, ip: IntraOpProblem, sol
     op_specs = []
     for node in ip.nodes:
         if node.kind == "op":
-            op = graph.ops[node.key]
-            op_specs.append((op.id, tuple(spec_of(o) for o in op.outputs)))
+            for op_id in (node.key, *node.tied_ops):
+                op_specs.append((op_id, tuple(spec_of(o) for o in graph.ops[op_id].outputs)))
+    op_specs.sort()
     mesh = ip.mesh
     stage = StagePlan(name="stage0", mesh_shape=mesh.shape, axis_names=mesh.axis_names,
                       devices=tuple(range(mesh.num_devices)),

@@ -54,8 +54,8 @@ def top2_gating(gates: jax.Array, capacity: int) -> tuple[jax.Array, jax.Array]:
     denom = jnp.where(denom > 0, denom, 1.0)
     gate1, gate2 = gate1 / denom, gate2 / denom
 
-    slot1 = jax.nn.one_hot(jnp.sum(pos1 * mask1, axis=-1), capacity, dtype=gates.dtype)
-    slot2 = jax.nn.one_hot(jnp.sum(pos2 * mask2, axis=-1), capacity, dtype=gates.dtype)
+    slot1 = jax.nn.one_hot(jnp.sum(pos1 * mask1, axis=-1).astype(jnp.int32), capacity, dtype=gates.dtype)
+    slot2 = jax.nn.one_hot(jnp.sum(pos2 * mask2, axis=-1).astype(jnp.int32), capacity, dtype=gates.dtype)
     combine = (jnp.einsum("GSE,GSC->GSEC", gate1[..., None] * mask1, slot1)
                + jnp.einsum("GSE,GSC->GSEC", gate2[..., None] * mask2, slot2))
     dispatch = (combine > 0).astype(gates.dtype)

@@ -3,8 +3,9 @@
 Consumes: a Graph, an Op and a LogicalMesh. Produces: the op's candidate strategies (valid, deduplicated,
 deterministic order). Refuses: nothing: a primitive without a rule is planned replicated, with one
 ``AutoparWarning`` per primitive name per process.
-Each family module (dot, conv, elementwise, reduction, shape, indexing, misc, control) exports a
-``rules`` dict; this table is their union.
+Each family module (dot, conv, elementwise, reduction, shape, indexing, window, misc, control) exports
+a ``rules`` dict; this table is their union. ``REPLICATED_BY_DESIGN`` (from misc) names the primitives
+whose rule deliberately offers only the replicated strategy, each with its reason.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING
 
-from autopar.sharding.rules import control, conv, dot, elementwise, indexing, misc, reduction, shape
+from autopar.sharding.rules import control, conv, dot, elementwise, indexing, misc, reduction, shape, window
+from autopar.sharding.rules.misc import REPLICATED_BY_DESIGN
 from autopar.sharding.strategy import Rule, RuleContext, Strategy, replicated_strategy
 
 if TYPE_CHECKING:
@@ -26,7 +28,7 @@ class AutoparWarning(UserWarning):
 
 sharding_rules: dict[str, Rule] = {
     **elementwise.rules, **dot.rules, **conv.rules, **reduction.rules, **shape.rules,
-    **indexing.rules, **misc.rules, **control.rules,
+    **indexing.rules, **window.rules, **misc.rules, **control.rules,
 }
 
 _warned: set[str] = set()
@@ -49,4 +51,4 @@ def strategies_for(graph: "Graph", op: "Op", mesh: "LogicalMesh") -> list[Strate
     return out or [replicated_strategy(ctx)]
 
 
-__all__ = ["AutoparWarning", "replicated_fallback", "sharding_rules", "strategies_for"]
+__all__ = ["AutoparWarning", "REPLICATED_BY_DESIGN", "replicated_fallback", "sharding_rules", "strategies_for"]

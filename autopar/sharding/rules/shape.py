@@ -4,7 +4,9 @@
   broadcast) dims may be split in the output alone.
 - reshape: dims are grouped where products of sizes match ((B, S, H*D) <-> (B, S, H, D) groups H*D with
   (H, D)); a group may be split only on its major-most dim on both sides, by axes dividing both (the head
-  split); size-1 dims are never split. ``dimensions`` (a reshape that also transposes) is planned replicated.
+  split); size-1 dims are never split. A non-None ``dimensions`` (``lax.reshape(x, sizes, dimensions)``:
+  transpose by ``dimensions``, then reshape) groups the permuted operand dims; a group's major-most dim
+  is then operand dim ``dimensions[i]``.
 - transpose: the output permutes the operand's spec. squeeze / expand_dims: drop / add unsplit dims.
 """
 
@@ -63,14 +65,16 @@ def reshape_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int], 
 
 
 def _reshape_strategies(ctx: RuleContext) -> list[Strategy]:
-    if ctx.params.get("dimensions") is not None:
-        return [replicated_strategy(ctx)]
     a, b = ctx.in_shapes[0], ctx.out_shapes[0]
-    groups = reshape_groups(a, b)
+    perm = ctx.params.get("dimensions")
+    perm = tuple(range(len(a))) if perm is None else tuple(perm)
+    if sorted(perm) != list(range(len(a))):
+        return [replicated_strategy(ctx)]
+    groups = reshape_groups([a[p] for p in perm], b)
     if groups is None:
         return [replicated_strategy(ctx)]
     extra = (None,) * (len(ctx.in_shapes) - 1)
-    slots = [Slot(f"g{k}", (gi[0],) + extra, (gj[0],)) for k, (gi, gj) in enumerate(groups)]
+    slots = [Slot(f"g{k}", (perm[gi[0]],) + extra, (gj[0],)) for k, (gi, gj) in enumerate(groups)]
     # A split must divide the major-most dim on both sides: check it on both shapes (enumerate checks
     # in and out specs for divisibility, which is exactly that).
     return enumerate_slot_strategies(ctx, slots)
