@@ -63,6 +63,16 @@ def test_replicated_by_design_is_documented_and_registered():
     assert not set(REPLICATED_BY_DESIGN) & {"reduce_window_max", "select_and_scatter_add", "top_k"}
 
 
+def test_rng_bit_generator_is_replicated_without_warning():
+    g = autopar.trace(lambda k: jax.lax.rng_bit_generator(k, (8, 4)), _sd((4,), jnp.uint32))
+    op = next(o for o in g.ops if o.primitive == "rng_bit_generator")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AutoparWarning)
+        ss = strategies_for(g, op, MESH)
+    assert [(s.in_specs, s.out_specs, s.work_shards) for s in ss] == [
+        ((S(((),)),), (S(((),)), S(((), ()))), 1)]
+
+
 def test_framework_census_is_covered():
     census = read_census()
     assert len(census) >= 30 and "reduce_window_max" in census and "select_and_scatter_add" in census

@@ -22,11 +22,13 @@ def chosen_collectives(ip: "IntraOpProblem", choices: Sequence[int]) -> list[Col
     for v, chosen in ip.followers.values():
         steps.extend(chosen[choices[v]].comm)
     specs = ip.tensor_specs(choices)
+    done: set[tuple[int, object]] = set()
     for site in ip.sites:
         want = site.wanted[choices[site.node]]
         src = specs.get(site.tensor)
-        if want is None or src is None or src == want:
+        if want is None or src is None or src == want or (site.tensor, want) in done:
             continue
+        done.add((site.tensor, want))  # a value resharded to one spec is resharded once (XLA CSEs the rest)
         t = ip.graph.tensors[site.tensor]
         steps.extend(reshard_steps(src, want, t.shape, t.dtype, ip.mesh))
     return steps

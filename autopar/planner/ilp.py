@@ -29,6 +29,7 @@ recomputed exactly from the original problem.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -37,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from autopar.planner.problem import (InfeasibleMemoryError, ShardingProblem, Solution, evaluate, format_bytes,
-                                     peak_group_memory)
+                                     is_feasible, peak_group_memory)
 from autopar.planner.simplify import Reduced, reduce
 
 BACKENDS = ("ortools", "pulp", "ortools-cpsat")
@@ -79,6 +80,15 @@ def solve(problem: ShardingProblem, backend: str = "ortools", time_limit_s: floa
     if time_limit_s is not None and not time_limit_s > 0:
         raise ValueError(f"time_limit_s={time_limit_s} must be a positive number of seconds or None")
     start = time.perf_counter()
+    if problem.memory_budget is not None and problem.memory_groups and presolve:
+        # Memory rows pin their nodes against elimination and make the model much harder. Solve without
+        # them first: when that optimum fits the budget it is the constrained optimum too.
+        free = solve(dataclasses.replace(problem, memory_budget=None, memory_groups=()), backend,
+                     time_limit_s, presolve)
+        if is_feasible(problem, free.choices):
+            return dataclasses.replace(free, solve_time_s=time.perf_counter() - start,
+                                       peak_group_memory=peak_group_memory(problem, free.choices),
+                                       notes=free.notes + ("memory budget not binding",))
     red = reduce(problem, full=presolve)
     if red is None:
         _raise_infeasible(problem, backend, time_limit_s)

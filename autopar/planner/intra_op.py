@@ -30,7 +30,7 @@ from autopar.cost_models.collectives import collective_time
 from autopar.cost_models.compute import op_cost
 from autopar.cost_models.memory import FUSIBLE, materialised
 from autopar.ir.graph import Graph, Role
-from autopar.planner.layer_ties import input_ties, op_ties
+from autopar.planner.layer_ties import input_ties, op_ties, state_ties
 from autopar.planner.problem import Edge, MemoryGroup, ShardingProblem
 from autopar.sharding.reshard import CollectiveStep, reshard_steps
 from autopar.sharding.rules import strategies_for
@@ -143,6 +143,7 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
     cache = _CostCache(mesh)
     ties = op_ties(graph) if tie_layers else {}
     in_ties = input_ties(graph, ties) if tie_layers else {}
+    in_ties.update(state_ties(graph, in_ties) if tie_layers else {})
     node_of_op: dict[int, int] = {}
     tied: dict[int, list[int]] = defaultdict(list)
     nodes: list[NodeInfo] = []
@@ -268,7 +269,9 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
     nodes = [NodeInfo(n.kind, n.key, n.label, n.strategies, tuple(merged.get(i, ())), tuple(tied.get(i, ())))
              for i, n in enumerate(nodes)]
     memory, groups, peak_point = _memory_groups(graph, mesh, owner, [len(n.strategies) for n in nodes])
-    budget = memory_budget if memory_budget is not None else float(device.memory_bytes)
+    budget: float | None = memory_budget if memory_budget is not None else float(device.memory_bytes)
+    if budget is not None and not np.isfinite(budget):
+        budget = None  # memory_budget=math.inf: plan without a memory limit (what-if questions, search speed)
     problem = ShardingProblem(
         node_names=tuple(n.label for n in nodes),
         node_costs=tuple(tuple(c) for c in costs),

@@ -33,17 +33,21 @@ def op_ties(graph: Graph) -> dict[int, int]:
         if op.layer is not None and op.section in (Section.FORWARD, Section.BACKWARD):
             layers[op.layer][op.section].append(op)
     first_of: dict[tuple[Any, ...], int] = {}
-    ties: dict[int, int] = {}
+    classes: dict[tuple[int, Section, int], list[int]] = defaultdict(list)  # (first layer, section, position)
     for layer in sorted(layers):
         secs = layers[layer]
         sig = tuple((s.value, tuple(_op_signature(graph, op) for op in secs.get(s, ())))
                     for s in (Section.FORWARD, Section.BACKWARD))
-        rep = first_of.setdefault(sig, layer)
-        if rep == layer:
-            continue
+        first = first_of.setdefault(sig, layer)
         for s in (Section.FORWARD, Section.BACKWARD):
-            for op, rop in zip(secs.get(s, ()), layers[rep].get(s, ())):
-                ties[op.id] = rop.id
+            for pos, op in enumerate(secs.get(s, ())):
+                classes[(first, s, pos)].append(op.id)
+    # The representative is the op that comes first in program order (the last layer, for backward ops),
+    # so the planner meets it before the ops tied to it.
+    ties: dict[int, int] = {}
+    for members in classes.values():
+        rep = min(members)
+        ties.update({m: rep for m in members if m != rep})
     return ties
 
 
@@ -57,4 +61,30 @@ def input_ties(graph: Graph, ties: dict[int, int]) -> dict[int, int]:
             if t in inputs and rt in inputs and t != rt and t not in out and rt not in out:
                 if graph.tensors[t].shape == graph.tensors[rt].shape:
                     out[t] = rt
+    return out
+
+
+def state_ties(graph: Graph, param_ties: dict[int, int]) -> dict[int, int]:
+    """Optimizer state mirrors the parameter tree (optax's mu / nu / trace ...): tie the state of a tied
+    parameter to the state of its representative, matched by pytree path (``...mu['blocks']['3']['w']`` to
+    ``...mu['blocks']['0']['w']`` when ``['blocks']['3']['w']`` is tied to ``['blocks']['0']['w']``)."""
+    by_name = {graph.tensors[t].name: t for t in graph.inputs}
+    out: dict[int, int] = {}
+    for t, rt in param_ties.items():
+        a, b = graph.tensors[t].name, graph.tensors[rt].name
+        p = 0
+        while p < min(len(a), len(b)) and a[p] == b[p]:
+            p += 1
+        # the part of the path from where it first differs: state paths end with the same keys
+        key_start = a.rfind("[", 0, p + 1)
+        if key_start < 0:
+            continue
+        a_key = a[key_start:]
+        b_key = b[key_start:]
+        for name, u in by_name.items():
+            if u == t or u in out or u in param_ties or not name.endswith(a_key):
+                continue
+            twin = by_name.get(name[: len(name) - len(a_key)] + b_key)
+            if twin is not None and twin != u and graph.tensors[twin].shape == graph.tensors[u].shape:
+                out[u] = twin
     return out

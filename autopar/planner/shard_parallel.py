@@ -119,7 +119,8 @@ def plan_intra_op(graph: Graph, cluster: Any, method: Method, *, memory_budget: 
             continue
         est = estimate_plan(ip, sol.choices, cluster.device)
         tried.append({"mesh": list(shape), "step_time_s": est.step_time_s, "objective": sol.objective,
-                      "nodes": ip.stats["nodes"], "solve_time_s": sol.solve_time_s})
+                      "nodes": ip.stats["nodes"], "variables": sol.num_variables, "status": sol.status,
+                      "solve_time_s": sol.solve_time_s})
         if best is None or est.step_time_s < best[0] * (1 - 1e-9):
             best = (est.step_time_s, ip, sol, est)
     if best is None:

@@ -33,7 +33,7 @@ def unwindowed_dims(params: Mapping[str, Any], rank: int) -> list[int]:
     wdil = tuple(params.get("window_dilation") or (1,) * rank)
     if not all(len(t) == rank for t in (window, strides, padding, base, wdil)):
         return []
-    return list(range(rank)) or [d for d in range(rank)
+    return [d for d in range(rank)
             if window[d] == 1 and strides[d] == 1 and padding[d] == (0, 0) and base[d] == 1 and wdil[d] == 1]
 
 

@@ -1,0 +1,55 @@
+"""Intra-op search speed: plan the 32-layer GPT-2.6B training step (h=2560, seq 1024, batch 1024) over one
+8-GPU p3.16xlarge node and report the ILP size and solve time per mesh (target: < 30 s in total here).
+
+    python -m bench.search_speed [--mesh 2x4] [--model gpt_2_6b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    import autopar
+    from autopar.planner.shard_parallel import plan_intra_op
+    from bench.models import resolve
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="gpt_2_6b")
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--cluster", default="p3.16xlarge")
+    ap.add_argument("--mesh", default=None, help="e.g. 2x4; default: every 1-, 2- and 3-axis mesh")
+    ap.add_argument("--limit", type=float, default=30.0)
+    a = ap.parse_args(argv)
+
+    t0 = time.perf_counter()
+    step, args = resolve(a.model)(batch_size=a.batch, abstract=True)
+    graph = autopar.trace(step, *args, batch_argnums=1)
+    t_trace = time.perf_counter() - t0
+    cluster = autopar.ClusterSpec.preset(a.cluster)
+    mesh = tuple(int(x) for x in a.mesh.split("x")) if a.mesh else None
+    t1 = time.perf_counter()
+    # Without microbatching or remat this step needs about 2 TiB per V100 (fp32 activations of batch 1024):
+    # search speed is measured without the capacity limit (the planner reports the minimum otherwise).
+    result = plan_intra_op(graph, cluster, autopar.ShardParallel(mesh_shape=mesh), memory_budget=math.inf)
+    t_plan = time.perf_counter() - t1
+    print(f"{a.model} batch {a.batch} on {cluster.name}: {len(graph.ops)} ops, traced in {t_trace:.1f} s")
+    print(f"{'mesh':<10} {'nodes':>6} {'vars':>8} {'solve s':>8} {'step ms':>9}")
+    for m in result.plan.search["meshes"]:
+        if "error" in m:
+            print(f"{'x'.join(map(str, m['mesh'])):<10} error: {m['error']}")
+            continue
+        print(f"{'x'.join(map(str, m['mesh'])):<10} {m['nodes']:>6} {m.get('variables', '-'):>8} "
+              f"{m['solve_time_s']:>8.2f} {m['step_time_s'] * 1e3:>9.1f}")
+    ilp = result.plan.search["ilp"]
+    print(f"best mesh {result.plan.mesh_shape}: ILP {ilp['nodes']} nodes, {ilp['variables']} variables, "
+          f"{ilp['status']}; planning {t_plan:.1f} s (target < {a.limit:.0f} s)")
+    print(result.plan.summary(max_inputs=8))
+    return 0 if t_plan < a.limit else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
