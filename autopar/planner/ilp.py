@@ -34,6 +34,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -306,15 +307,34 @@ def _run_mip(m: _Model, time_limit_s: float | None, name: str = "SCIP") -> _Raw:
                 [int(round(v.solution_value())) for v in vs])
 
 
+def _cbc(pulp: Any, time_limit_s: float | None) -> Any:
+    """CBC through PuLP: the ``pulp[cbc]`` binary (PuLP >= 4) or the one bundled with PuLP 2.x / 3.x."""
+    coin = pulp.COIN_CMD(msg=False, timeLimit=time_limit_s, threads=1, gapRel=0.0)
+    if coin.available():
+        return coin
+    if hasattr(pulp, "PULP_CBC_CMD"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, threads=1, gapRel=0.0)
+    raise RuntimeError("PuLP has no CBC solver here; install it with `pip install 'pulp[cbc]'` or use "
+                       "solver='ortools'")
+
+
 def _run_pulp(m: _Model, time_limit_s: float | None) -> _Raw:
     import pulp
 
     prob = pulp.LpProblem("sharding", pulp.LpMinimize)
-    vs = [pulp.LpVariable(f"c{k}", *m.continuous[k]) if k in m.continuous else pulp.LpVariable(f"x{k}", cat="Binary")
+    if hasattr(prob, "add_variable"):  # PuLP >= 3.3 (required from 4.0)
+        def var(name: str, lo: float | None, hi: float | None, cat: str) -> Any:
+            return prob.add_variable(name, lo, hi, cat=cat)
+    else:
+        def var(name: str, lo: float | None, hi: float | None, cat: str) -> Any:
+            return pulp.LpVariable(name, lo, hi, cat=cat)
+    vs = [var(f"c{k}", *m.continuous[k], "Continuous") if k in m.continuous else var(f"x{k}", 0, 1, "Binary")
           for k in range(len(m.obj))]
     prob += pulp.lpSum(c * v for c, v in zip(m.obj, vs) if c)
     for ids, coefs, lo, hi in m.rows:
-        expr = pulp.LpAffineExpression([(vs[i], c) for i, c in zip(ids, coefs)])
+        expr = pulp.lpSum(c * vs[i] for i, c in zip(ids, coefs))
         if lo == hi:
             prob += expr == lo
         else:
@@ -322,11 +342,19 @@ def _run_pulp(m: _Model, time_limit_s: float | None) -> _Raw:
                 prob += expr >= lo
             if hi != math.inf:
                 prob += expr <= hi
-    solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, threads=1)
-    prob.solve(solver)
-    if prob.sol_status in (pulp.LpSolutionInfeasible, pulp.LpSolutionUnbounded) or prob.status == -1:
+    solver = _cbc(pulp, time_limit_s)
+    code = prob.solve(solver)
+    sol = getattr(prob, "sol_status", None)  # PuLP < 4 tells a time-limited incumbent from an optimum
+    if sol is None:  # PuLP 4: solve() returns stats; status 1 optimal, -1 infeasible, -4 time limit,
+        code = int(getattr(code, "status", code))  # -7 the (zero) relative gap reached: optimal too
+        if code == -1:
+            return _Raw("infeasible", None)
+        if code not in (1, -4, -7) or any(v.value() is None for v in vs):
+            return _Raw("unknown", None)
+        return _Raw("feasible" if code == -4 else "optimal", [int(round(v.value() or 0)) for v in vs])
+    if sol in (pulp.LpSolutionInfeasible, pulp.LpSolutionUnbounded) or prob.status == -1:
         return _Raw("infeasible", None)
-    if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
+    if sol not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
         return _Raw("unknown", None)
-    return _Raw("optimal" if prob.sol_status == pulp.LpSolutionOptimal else "feasible",
+    return _Raw("optimal" if sol == pulp.LpSolutionOptimal else "feasible",
                 [int(round(v.value() or 0)) for v in vs])

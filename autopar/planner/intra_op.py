@@ -235,9 +235,15 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
             compute[v] += shards_cost
             merged[v].append(op.id)
             for tid in op.inputs:
-                if tid == main or graph.tensors[tid].shape != outs[0].shape:
-                    continue
-                em = edge_matrix(tid, specs, consumer=v)
+                other = graph.tensors[tid].shape
+                if tid == main or len(other) != len(outs[0].shape):
+                    continue  # scalars broadcast for free
+                # an operand broadcast along size-1 dims (a bias [1, h] added to [b, h]) must arrive
+                # split like the output on its full-size dims and whole on its size-1 dims
+                wanted = specs if other == outs[0].shape else [
+                    ShardingSpec(tuple(d if n == m else () for d, n, m in zip(sp.dims, other, outs[0].shape)))
+                    for sp in specs]
+                em = edge_matrix(tid, wanted, consumer=v)
                 if em is not None:
                     add_edge(em[0], v, em[1])
             continue
