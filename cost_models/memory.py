@@ -18,7 +18,7 @@ The model of temporaries follows what XLA does to a jaxpr before it allocates bu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from autopar.ir.flops import ELEMENTWISE
 
@@ -114,8 +114,14 @@ def _aliased_bytes(g: "Graph", size: TensorBytes) -> float:
     return alias
 
 
-def estimate_memory(g: "Graph", tensor_bytes: TensorBytes | None = None) -> MemoryEstimate:
-    """Liveness-based per-device memory of one call of ``g``."""
+def estimate_memory(g: "Graph", tensor_bytes: TensorBytes | None = None,
+                    extra: Sequence[tuple[float, int, int]] = ()) -> MemoryEstimate:
+    """Liveness-based per-device memory of one call of ``g``.
+
+    ``extra``: further temporaries as (bytes, first op, last op) — e.g. the resharded copies a sharding plan
+    makes (XLA reshards a value once for all its uses that want the same layout, so the copy lives from the
+    first such use to the last).
+    """
     size: TensorBytes = tensor_bytes or (lambda t: float(t.nbytes))
     args = sum(size(t) for t in g.input_tensors())
     seen_out: set[int] = set()
@@ -134,16 +140,21 @@ def estimate_memory(g: "Graph", tensor_bytes: TensorBytes | None = None) -> Memo
     frees: dict[int, list[int]] = {}
     for tid, op_id in last_use.items():
         frees.setdefault(op_id, []).append(tid)
+    allocs: dict[int, float] = {}
+    for nbytes, first, last in extra:
+        allocs[first] = allocs.get(first, 0.0) + nbytes
+        allocs[-1 - last] = allocs.get(-1 - last, 0.0) + nbytes  # freed after ``last`` (negative keys)
 
     live = peak = 0.0
     peak_op = None
     for op in g.ops:
-        live += sum(live_from.get(t, 0.0) for t in op.outputs)
+        live += sum(live_from.get(t, 0.0) for t in op.outputs) + allocs.get(op.id, 0.0)
         scratch = _body_temporaries(op, size) + _relayout_temporaries(g, op, size)
         if live + scratch > peak:
             peak, peak_op = live + scratch, op.id
         for tid in frees.get(op.id, ()):
             live -= live_from[tid]
+        live -= allocs.get(-1 - op.id, 0.0)
     return MemoryEstimate(argument_bytes=args, output_bytes=outs, alias_bytes=_aliased_bytes(g, size),
                           temp_peak_bytes=peak, peak_op=peak_op)
 

@@ -155,9 +155,10 @@ def _xla_bytes(compiled: Any) -> float:
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "known gap (intra-op issue): the ILP checks memory at one program point (the replicated peak) and does not "
-    "count the buffers resharding creates (e.g. all-gathered copies of sharded weights), so XLA's emitted program "
-    "used 1.70x a budget of 1.05x the minimum (MLP h=2048, batch 512, 2x4 mesh)"))
+    "known gap (intra-op issue): the plan honours the budget under autopar's memory model (every program point, "
+    "resharded copies included), but XLA's CPU buffer assignment keeps more temporaries than the model predicts: "
+    "MLP h=2048, batch 512, mesh (8,), budget 0.85x the free plan's 35.5 MiB -> predicted 29.0 MiB, XLA 37.5 MiB "
+    "(1.24x the budget; the acceptance bound is 1.10x)"))
 def test_memory_budget_changes_plan_and_is_respected() -> None:
     sa = mlp_step(h=2048, batch=512, layers=4)
     free = _plan(sa)
@@ -167,7 +168,7 @@ def test_memory_budget_changes_plan_and_is_respected() -> None:
     minimum = info.value.min_budget_bytes
     assert 0 < minimum < peak
     assert f"needs at least {minimum / 2**20:.1f} MiB per device" in str(info.value), str(info.value)
-    budget = max(0.6 * peak, 1.05 * minimum)
+    budget = 0.85 * peak
     assert budget < peak
     tight = _plan(sa, memory_budget=budget)
     assert _specs(tight) != _specs(free)

@@ -34,6 +34,23 @@ def chosen_collectives(ip: "IntraOpProblem", choices: Sequence[int]) -> list[Col
     return steps
 
 
+def reshard_buffers(ip: "IntraOpProblem", choices: Sequence[int]) -> list[tuple[float, int, int]]:
+    """The copies resharding makes: one per (tensor, wanted spec), live from its first to its last use."""
+    specs = ip.tensor_specs(choices)
+    spans: dict[tuple[int, Any], list[int]] = {}
+    for site in ip.sites:
+        want = site.wanted[choices[site.node]]
+        src = specs.get(site.tensor)
+        if want is None or src is None or src == want or site.op < 0:
+            continue
+        spans.setdefault((site.tensor, want), []).append(site.op)
+    out = []
+    for (tid, want), ops in spans.items():
+        t = ip.graph.tensors[tid]
+        out.append((float(want.bytes_per_device(t.shape, t.dtype, ip.mesh)), min(ops), max(ops)))
+    return out
+
+
 def estimate_plan(ip: "IntraOpProblem", choices: Sequence[int], device: Any) -> Estimate:
     mesh = ip.mesh
     compute = float(sum(ip.compute_costs[v][c] for v, c in enumerate(choices)))
@@ -51,7 +68,7 @@ def estimate_plan(ip: "IntraOpProblem", choices: Sequence[int], device: Any) -> 
         spec = specs.get(t.id)
         return float(t.nbytes) if spec is None else float(spec.bytes_per_device(t.shape, t.dtype, mesh))
 
-    mem = estimate_memory(ip.graph, tensor_bytes)
+    mem = estimate_memory(ip.graph, tensor_bytes, reshard_buffers(ip, choices))
     flops = ip.graph.flops()
     step = compute + comm
     peak = _peak_flops(ip, device) * mesh.num_devices

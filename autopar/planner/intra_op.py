@@ -64,6 +64,7 @@ class ReshardSite:
     tensor: int
     node: int
     wanted: tuple[ShardingSpec | None, ...]
+    op: int = -1                       # the consuming op (program position of the resharded copy)
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
             return None  # constants: replicated, slicing them is free
         t = graph.tensors[tid]
         u, src_specs = owner[tid]
-        sites.append(ReshardSite(tid, len(nodes) if consumer is None else consumer, tuple(wanted)))
+        sites.append(ReshardSite(tid, len(nodes) if consumer is None else consumer, tuple(wanted), op_id))
         uniq_src = list(dict.fromkeys(src_specs))
         uniq_dst = list(dict.fromkeys(w for w in wanted if w is not None))
         if not uniq_dst:
@@ -208,7 +209,9 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
         return comp, comp + sum(cache.collective(c) for c in s.comm)
 
     # ---- ops ----------------------------------------------------------------------------------------
+    op_id = -1
     for op in graph.ops:
+        op_id = op.id
         outs = [graph.tensors[o] for o in op.outputs]
         mapped = _mapped_operand(graph, op, owner)
         chosen = _propagate(graph, op, mapped, owner, mesh) if mapped is not None else None
@@ -221,7 +224,7 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
             costs[v] += np.array([price[s][1] for s in chosen])
             compute[v] += np.array([price[s][0] for s in chosen])
             owner[op.outputs[0]] = (v, tuple(s.out_specs[0] for s in chosen))
-            sites.append(ReshardSite(main, v, tuple(s.in_specs[k] for s in chosen)))
+            sites.append(ReshardSite(main, v, tuple(s.in_specs[k] for s in chosen), op.id))
             followers[op.id] = (v, chosen)
             merged[v].append(op.id)
             continue

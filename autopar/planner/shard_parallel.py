@@ -8,6 +8,7 @@ ZeroParallel are constraints on the same ILP over a 1-D mesh: which input specs 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import math
@@ -21,7 +22,7 @@ from autopar.plan import Estimate, Plan, StagePlan
 from autopar.planner.estimate import estimate_plan
 from autopar.planner.ilp import solve
 from autopar.planner.intra_op import IntraOpProblem, build_intra_op
-from autopar.planner.problem import Solution
+from autopar.planner.problem import InfeasibleMemoryError, Solution, format_bytes
 from autopar.sharding.mesh import LogicalMesh
 from autopar.sharding.spec import ShardingSpec
 
@@ -111,13 +112,12 @@ def plan_intra_op(graph: Graph, cluster: Any, method: Method, *, memory_budget: 
         ip = build_intra_op(graph, mesh, cluster.device, memory_budget=memory_budget,
                             input_filter=input_filter_for(method, graph, mesh))
         try:
-            sol = solve(ip.problem, backend=solver, time_limit_s=time_limit_s)
+            sol, est = _solve_within_memory(ip, cluster.device, solver, time_limit_s)
         except ValueError as e:
             tried.append({"mesh": list(shape), "error": str(e)})
             if len(shapes) == 1:
                 raise
             continue
-        est = estimate_plan(ip, sol.choices, cluster.device)
         tried.append({"mesh": list(shape), "step_time_s": est.step_time_s, "objective": sol.objective,
                       "nodes": ip.stats["nodes"], "variables": sol.num_variables, "status": sol.status,
                       "solve_time_s": sol.solve_time_s})
@@ -131,6 +131,37 @@ def plan_intra_op(graph: Graph, cluster: Any, method: Method, *, memory_budget: 
               "ilp": {**ip.stats, "variables": sol.num_variables, "constraints": sol.num_constraints,
                       "status": sol.status}}
     return IntraOpResult(_to_plan(graph, cluster, method, ip, sol, est, search), ip, sol)
+
+
+MEMORY_ROUNDS = 4
+
+
+def _solve_within_memory(ip: IntraOpProblem, device: Any, solver: str,
+                         time_limit_s: float | None) -> tuple[Solution, Estimate]:
+    """Solve, then check the plan's full memory estimate (every program point, resharded copies included)
+    against the budget the ILP saw at one point; while it is over, tighten the ILP's budget by the overshoot
+    and solve again. Raises InfeasibleMemoryError when no tightening fits."""
+    budget = ip.problem.memory_budget
+    sol = solve(ip.problem, backend=solver, time_limit_s=time_limit_s)
+    est = estimate_plan(ip, sol.choices, device)
+    ilp_budget = budget
+    for _ in range(MEMORY_ROUNDS):
+        if budget is None or est.peak_memory_bytes <= budget * (1 + 1e-9):
+            return sol, est
+        assert ilp_budget is not None
+        ilp_budget *= budget / est.peak_memory_bytes * 0.99
+        try:
+            sol = solve(dataclasses.replace(ip.problem, memory_budget=ilp_budget), backend=solver,
+                        time_limit_s=time_limit_s)
+        except InfeasibleMemoryError:
+            break
+        est = estimate_plan(ip, sol.choices, device)
+    if budget is not None and est.peak_memory_bytes > budget * (1 + 1e-9):
+        raise InfeasibleMemoryError(
+            f"no sharding plan found within the memory budget of {format_bytes(budget)} per device: the best "
+            f"plan needs {format_bytes(est.peak_memory_bytes)} once resharded copies and every program point are "
+            "counted: raise memory_budget, use more devices or enable remat", est.peak_memory_bytes, budget)
+    return sol, est
 
 
 def fixed_tensors(ip: IntraOpProblem) -> list[int]:
