@@ -13,6 +13,7 @@ from autopar.methods import Auto as Auto, DataParallel as DataParallel, Manual3D
 from autopar.methods import PipeshardParallel as PipeshardParallel, ShardParallel as ShardParallel
 from autopar.methods import ZeroParallel as ZeroParallel
 from autopar.plan import Estimate as Estimate, Plan as Plan
+from autopar.planner.problem import InfeasibleMemoryError as InfeasibleMemoryError
 from autopar.sharding.rules import AutoparWarning as AutoparWarning
 
 __version__ = "0.1.0"

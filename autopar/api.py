@@ -14,7 +14,7 @@ from autopar.cost_models.cluster import ClusterSpec
 from autopar.emit.spmd import SpmdProgram, emit_spmd
 from autopar.ir.graph import Graph
 from autopar.ir.trace import _normalize_argnums, trace
-from autopar.methods import Auto, Method, PipeshardParallel, ShardParallel, resolve_method
+from autopar.methods import Auto, Manual3D, Method, PipeshardParallel, ShardParallel, resolve_method
 from autopar.plan import Plan
 from autopar.planner.shard_parallel import plan_intra_op, plan_specs
 from autopar.sharding.mesh import LogicalMesh
@@ -45,7 +45,7 @@ def _default_batch_argnums(nargs: int, batch_argnums: Any) -> Any:
     return tuple(range(1, nargs))
 
 
-def _cluster_for(cluster: ClusterSpec | str | None, num_devices: int | None = None) -> ClusterSpec:
+def _cluster_for(cluster: ClusterSpec | str | None) -> ClusterSpec:
     if cluster is None:
         return ClusterSpec.local()
     if isinstance(cluster, str):
@@ -57,9 +57,13 @@ def _cluster_for(cluster: ClusterSpec | str | None, num_devices: int | None = No
 
 def _plan_graph(graph: Graph, cluster: ClusterSpec, method: Method, memory_budget: float | None,
                 solver: str, time_limit_s: float | None) -> Plan:
-    if isinstance(method, PipeshardParallel):
-        raise ValueError("PipeshardParallel needs the pipeline planner, which this version does not have yet; "
-                         "use autopar.ShardParallel() (or method='auto', which plans intra-op for now)")
+    if isinstance(method, (PipeshardParallel, Manual3D)):
+        raise ValueError(f"{type(method).__name__} needs the pipeline planner, which this version does not have "
+                         "yet; use autopar.ShardParallel(mesh_shape=...) (or method='auto', which plans intra-op "
+                         "for now)")
+    if isinstance(method, ShardParallel) and method.num_microbatches not in (None, 1):
+        raise ValueError("ShardParallel(num_microbatches=...): gradient accumulation is not available yet; "
+                         "leave num_microbatches unset")
     if isinstance(method, Auto):
         method = ShardParallel()
     return plan_intra_op(graph, cluster, method, memory_budget=memory_budget, solver=solver,

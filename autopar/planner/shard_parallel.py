@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -52,10 +51,12 @@ def graph_fingerprint(graph: Graph) -> str:
     """A hash of the program's structure: primitives in order and every input/output shape and dtype."""
     h = hashlib.sha256()
     for t in graph.input_tensors() + graph.output_tensors():
-        h.update(f"{t.shape}{t.dtype};".encode())
+        h.update(f"{t.shape}{t.dtype}{t.role.value}{t.donated};".encode())
     for op in graph.ops:
         h.update(op.primitive.encode())
         h.update(str(len(op.inputs)).encode())
+        for t in op.outputs:
+            h.update(str(graph.tensors[t].shape).encode())
     return h.hexdigest()[:16]
 
 
@@ -115,6 +116,8 @@ def plan_intra_op(graph: Graph, cluster: Any, method: Method, *, memory_budget: 
             sol, est = _solve_within_memory(ip, cluster.device, solver, time_limit_s)
         except ValueError as e:
             tried.append({"mesh": list(shape), "error": str(e)})
+            if isinstance(e, InfeasibleMemoryError):
+                tried[-1]["min_budget_bytes"] = e.min_budget_bytes
             if len(shapes) == 1:
                 raise
             continue
@@ -125,6 +128,11 @@ def plan_intra_op(graph: Graph, cluster: Any, method: Method, *, memory_budget: 
             best = (est.step_time_s, ip, sol, est)
     if best is None:
         errors = "; ".join(f"{t['mesh']}: {t['error']}" for t in tried)
+        needs = [t["min_budget_bytes"] for t in tried if "min_budget_bytes" in t]
+        if needs and len(needs) == len(tried):
+            raise InfeasibleMemoryError(f"no mesh admits a plan within the memory budget; the least demanding "
+                                        f"needs {format_bytes(min(needs))} per device ({errors})",
+                                        min(needs), float(memory_budget or cluster.device.memory_bytes))
         raise ValueError(f"no mesh admits a plan: {errors}")
     _, ip, sol, est = best
     search = {"search_time_s": time.perf_counter() - start, "solver": solver, "meshes": tried,
@@ -216,9 +224,3 @@ def plan_specs(plan: Plan, graph: Graph) -> tuple[dict[int, ShardingSpec], list[
             fixed.append(t)
     return specs, fixed
 
-
-def _unused(*_: Sequence[Any]) -> None:
-    return None
-
-
-_ = itertools
