@@ -35,7 +35,7 @@ from autopar.planner.problem import Edge, MemoryGroup, ShardingProblem
 from autopar.sharding.reshard import CollectiveStep, reshard_steps
 from autopar.sharding.rules import strategies_for
 from autopar.sharding.spec import ShardingSpec
-from autopar.sharding.strategy import Strategy
+from autopar.sharding.strategy import Strategy, finalize
 
 if TYPE_CHECKING:
     from autopar.sharding.mesh import LogicalMesh
@@ -83,6 +83,15 @@ class IntraOpProblem:
     def tensor_specs(self, choices: Sequence[int]) -> dict[int, ShardingSpec]:
         """The spec of every non-constant tensor under the chosen strategies."""
         return {t: specs[choices[node]] for t, (node, specs) in self.tensor_owner.items()}
+
+
+# Strategies kept per op, by the number of mesh axes of size > 1: the rule order puts the most divided,
+# communication-free strategies first, and a 3-axis mesh otherwise gives hundreds per contraction.
+STRATEGY_CAPS = {1: 256, 2: 128, 3: 32}
+
+
+def strategy_cap(mesh: "LogicalMesh") -> int:
+    return STRATEGY_CAPS.get(sum(1 for s in mesh.shape if s > 1), 32)
 
 
 def candidate_specs(shape: Sequence[int], mesh: "LogicalMesh") -> list[ShardingSpec]:
@@ -251,7 +260,8 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
                     add_edge(em[0], v, em[1])
             continue
         rep = node_of_op.get(ties.get(op.id, -1))
-        strategies = nodes[rep].strategies if rep is not None else tuple(strategies_for(graph, op, mesh))
+        strategies = nodes[rep].strategies if rep is not None else tuple(
+            finalize(strategies_for(graph, op, mesh), cap=strategy_cap(mesh)))
         v = rep if rep is not None else len(nodes)
         for k, tid in enumerate(op.inputs):
             wanted = [s.in_specs[k] if k < len(s.in_specs) else None for s in strategies]

@@ -26,6 +26,8 @@ from autopar.sharding.mesh import LogicalMesh
 from autopar.sharding.spec import ShardingSpec
 
 AXIS_NAMES = ("x", "y", "z")
+# Seconds one mesh's ILP may take before its best plan so far is used (with a warning); None: no limit.
+DEFAULT_TIME_LIMIT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,8 @@ def plan_intra_op(graph: Graph, cluster: Any, method: Method, *, memory_budget: 
     if len(shapes[0]) > len(AXIS_NAMES):
         raise ValueError(f"mesh_shape {shapes[0]} has more than {len(AXIS_NAMES)} axes")
 
+    if time_limit_s is None:
+        time_limit_s = DEFAULT_TIME_LIMIT_S
     start = time.perf_counter()
     best: tuple[float, IntraOpProblem, Solution, Estimate] | None = None
     tried = []
