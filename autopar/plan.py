@@ -131,10 +131,11 @@ class Plan:
             raise FileNotFoundError(f"plan file {p} does not exist")
         return cls.from_json(p.read_text())
 
-    def summary(self) -> str:
+    def summary(self, max_inputs: int = 12) -> str:
+        """Readable text: the estimate, the search, and the sharding of the first ``max_inputs`` inputs."""
         from autopar.plan_summary import plan_summary
 
-        return plan_summary(self)
+        return plan_summary(self, max_inputs=max_inputs)
 
 
 def _spec_to_json(spec: Spec) -> list[list[str]]:

@@ -64,7 +64,7 @@ def main() -> int:
     cluster = autopar.ClusterSpec.preset("dgx-a100")
     t0 = time.perf_counter()
     big_plan = autopar.plan(big_step, *big_args, cluster=cluster, batch_argnums=(1,),
-                            method=autopar.ShardParallel(mesh_shape=(2, 4)))
+                            method=autopar.ShardParallel(mesh_shape=(8,)))
     print(f"== A 4-layer h=1024 GPT on one {cluster.name} node, planned in {time.perf_counter() - t0:.1f} s ==")
     print(big_plan.summary(max_inputs=6))
     # Losses must agree to 1e-5; per-leaf moment ratios are looser because a leaf whose gradient is zero in

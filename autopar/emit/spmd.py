@@ -13,8 +13,8 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 from jax.sharding import NamedSharding
 
-from autopar import _jax_compat as jc
-from autopar.ir.graph import Graph, Role
+from autopar.ir.evaluate import evaluate_graph
+from autopar.ir.graph import Graph
 from autopar.sharding.spec import ShardingSpec
 
 
@@ -38,19 +38,12 @@ def _named(mesh: jax.sharding.Mesh, spec: ShardingSpec | None, ndim: int) -> Nam
 def interpret(graph: Graph, constrain: Mapping[int, NamedSharding]) -> Callable[..., tuple[Any, ...]]:
     """A function of the flat inputs that evaluates ``graph``, constraining the listed tensors."""
 
+    def pin(tid: int, value: Any) -> Any:
+        sharding = constrain.get(tid)
+        return value if sharding is None else jax.lax.with_sharding_constraint(value, sharding)
+
     def run(*flat: Any) -> tuple[Any, ...]:
-        env: list[Any] = [None] * len(graph.tensors)
-        for tid, x in zip(graph.inputs, flat):
-            env[tid] = x
-        for t in graph.tensors:
-            if t.role is Role.CONSTANT:
-                env[t.id] = t.value
-        for op in graph.ops:
-            outs = jc.bind(op.prim, [env[t] for t in op.inputs], dict(op.params))
-            for tid, val in zip(op.outputs, outs):
-                sharding = constrain.get(tid)
-                env[tid] = jax.lax.with_sharding_constraint(val, sharding) if sharding is not None else val
-        return tuple(env[t] for t in graph.outputs)
+        return tuple(evaluate_graph(graph, flat, pin))
 
     return run
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from autopar import _jax_compat as jc
 from autopar.ir.graph import Role
@@ -11,7 +11,10 @@ if TYPE_CHECKING:
     from autopar.ir.graph import Graph
 
 
-def evaluate_graph(g: "Graph", flat_args: Sequence[Any]) -> list[Any]:
+def evaluate_graph(g: "Graph", flat_args: Sequence[Any],
+                   on_value: Callable[[int, Any], Any] | None = None) -> list[Any]:
+    """Flat outputs of ``g`` on flat inputs. ``on_value(tensor id, value)``, when given, may replace each op
+    result as it is made (the SPMD emitter pins shardings this way)."""
     if len(flat_args) != len(g.inputs):
         raise TypeError(f"graph takes {len(g.inputs)} flat inputs, got {len(flat_args)}")
     env: list[Any] = [None] * len(g.tensors)
@@ -25,5 +28,5 @@ def evaluate_graph(g: "Graph", flat_args: Sequence[Any]) -> list[Any]:
             raise ValueError(f"{op} has no primitive to evaluate (was the graph built by autopar.trace?)")
         outs = jc.bind(op.prim, [env[t] for t in op.inputs], dict(op.params))
         for tid, value in zip(op.outputs, outs):
-            env[tid] = value
+            env[tid] = value if on_value is None else on_value(tid, value)
     return [env[t] for t in g.outputs]

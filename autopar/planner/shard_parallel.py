@@ -53,7 +53,7 @@ def graph_fingerprint(graph: Graph) -> str:
     """A hash of the program's structure: primitives in order and every input/output shape and dtype."""
     h = hashlib.sha256()
     for t in graph.input_tensors() + graph.output_tensors():
-        h.update(f"{t.shape}{t.dtype}{t.role.value}{t.donated};".encode())
+        h.update(f"{t.shape}{t.dtype}{t.role.value};".encode())
     for op in graph.ops:
         h.update(op.primitive.encode())
         h.update(str(len(op.inputs)).encode())
