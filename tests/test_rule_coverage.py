@@ -22,13 +22,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from jax.sharding import NamedSharding  # noqa: E402
 
 import autopar  # noqa: E402
-from autopar import _jax_compat as jc  # noqa: E402
 from autopar.sharding.mesh import LogicalMesh  # noqa: E402
 from autopar.sharding.rules import REPLICATED_BY_DESIGN, AutoparWarning, sharding_rules, strategies_for  # noqa: E402
 from autopar.sharding.spec import ShardingSpec as S  # noqa: E402
+from tests.realise import realise_strategies  # noqa: E402
 from tests.frameworks.steps import read_census  # noqa: E402
 
 MESH = LogicalMesh((2, 4), ("x", "y"))
@@ -219,21 +218,7 @@ def _realise(case, every):
     mesh = MESH.to_jax_mesh(jax.devices()[:8])
     rng = np.random.default_rng(0)
     args = [jnp.asarray(rng.standard_normal(t.shape), t.dtype) for t in graph.op_inputs(op)]
-    expected = jc.bind(op.prim, args, dict(op.params))
-    picked = ss[::every] + ([ss[-1]] if (len(ss) - 1) % every else [])
-    for s in picked:
-        def run(*xs, s=s):
-            xs = [x if sp is None else jax.lax.with_sharding_constraint(x, NamedSharding(mesh, sp.to_partition_spec()))
-                  for x, sp in zip(xs, s.in_specs)]
-            outs = jc.bind(op.prim, xs, dict(op.params))
-            return [jax.lax.with_sharding_constraint(o, NamedSharding(mesh, sp.to_partition_spec()))
-                    for o, sp in zip(outs, s.out_specs)]
-
-        got = jax.jit(run)(*args)
-        for o, e, sp in zip(got, expected, s.out_specs):
-            np.testing.assert_allclose(np.asarray(o), np.asarray(e), rtol=1e-5, atol=1e-5, err_msg=s.name)
-            assert o.sharding.is_equivalent_to(NamedSharding(mesh, sp.to_partition_spec()), o.ndim), s.name
-    return len(picked)
+    return realise_strategies(op, ss, args, mesh, every, tol=1e-5)
 
 
 FAST = ("max_pool", "max_pool_grad", "avg_pool", "max_pool_jvp", "reduce_window", "optimization_barrier",

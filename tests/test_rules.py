@@ -10,15 +10,14 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from jax.sharding import NamedSharding  # noqa: E402
 
 import autopar  # noqa: E402
-from autopar import _jax_compat as jc  # noqa: E402
 from autopar.ir.graph import Graph, Op, Role, Tensor  # noqa: E402
 from autopar.sharding.mesh import LogicalMesh  # noqa: E402
 from autopar.sharding.reshard import CollectiveStep  # noqa: E402
 from autopar.sharding.rules import AutoparWarning, sharding_rules, strategies_for  # noqa: E402
 from autopar.sharding.spec import ShardingSpec as S  # noqa: E402
+from tests.realise import realise_strategies  # noqa: E402
 
 MESH = LogicalMesh((2, 4), ("x", "y"))
 
@@ -240,21 +239,7 @@ def _realise(case, every):
     g, op, ss = _strats(fn, *shapes, primitive=prim)
     mesh = MESH.to_jax_mesh(jax.devices()[:8])
     args = _random_inputs(g, op, np.random.default_rng(0))
-    expected = jc.bind(op.prim, args, dict(op.params))
-    picked = ss[::every] + ([ss[-1]] if (len(ss) - 1) % every else [])
-    for s in picked:
-        def run(*xs, s=s):
-            xs = [x if sp is None else jax.lax.with_sharding_constraint(x, NamedSharding(mesh, sp.to_partition_spec()))
-                  for x, sp in zip(xs, s.in_specs)]
-            outs = jc.bind(op.prim, xs, dict(op.params))
-            return [jax.lax.with_sharding_constraint(o, NamedSharding(mesh, sp.to_partition_spec()))
-                    for o, sp in zip(outs, s.out_specs)]
-
-        got = jax.jit(run)(*args)
-        for o, e, sp in zip(got, expected, s.out_specs):
-            np.testing.assert_allclose(np.asarray(o), np.asarray(e), rtol=1e-4, atol=1e-4, err_msg=s.name)
-            assert o.sharding.is_equivalent_to(NamedSharding(mesh, sp.to_partition_spec()), o.ndim), s.name
-    return len(picked)
+    return realise_strategies(op, ss, args, mesh, every, tol=1e-4)
 
 
 @pytest.mark.parametrize("case", sorted(REALIZE_CASES))

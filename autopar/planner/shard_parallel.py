@@ -13,7 +13,7 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from autopar.ir.graph import Graph, Role, Section
 from autopar.methods import DataParallel, Method, ShardParallel, ZeroParallel
