@@ -74,18 +74,20 @@ def _parallel(kind: str, name: str, mesh: tuple[int, ...]) -> autopar.ParallelFu
     return autopar.parallelize(step, method=autopar.ShardParallel(mesh_shape=mesh), batch_argnums=batch_argnums)
 
 
-def max_rel_error(got: Any, ref: Any, masks: Any = None) -> float:
+def max_rel_error(got: Any, ref: Any, masks: Any = None, scales: Any = None) -> float:
     """Largest over leaves of max|got - ref| / max|ref| (an all-zero reference leaf must be matched exactly).
-    ``masks``: optional boolean array per leaf (None: every element) selecting the elements compared."""
+    ``masks``: optional boolean array per leaf (None: every element) selecting the elements compared;
+    ``scales``: optional per-leaf scale replacing max|ref| (None: the leaf's own)."""
     got_leaves, got_tree = jax.tree_util.tree_flatten(got)
     ref_leaves, ref_tree = jax.tree_util.tree_flatten(ref)
     assert got_tree == ref_tree, f"output structure differs: {got_tree} vs {ref_tree}"
     mask_leaves = [None] * len(ref_leaves) if masks is None else masks
+    scale_leaves = [None] * len(ref_leaves) if scales is None else scales
     worst = 0.0
-    for g, r, m in zip(got_leaves, ref_leaves, mask_leaves):
+    for g, r, m, sc in zip(got_leaves, ref_leaves, mask_leaves, scale_leaves):
         g64, r64 = np.asarray(g, dtype=np.float64), np.asarray(r, dtype=np.float64)
         assert g64.shape == r64.shape
-        scale = float(np.max(np.abs(r64), initial=0.0))
+        scale = float(np.max(np.abs(r64), initial=0.0)) if sc is None else sc
         d = np.abs(g64 - r64) if m is None else np.abs(g64 - r64)[np.asarray(m)]
         diff = float(np.max(d, initial=0.0))
         worst = max(worst, diff / scale if scale > 0 else (0.0 if diff == 0 else np.inf))
@@ -127,15 +129,34 @@ def _adam_masks(out: Any) -> list[Any] | None:
     return [by_id.get(id(leaf)) for leaf in jax.tree.leaves(out)]
 
 
+def _moment_scales(out: Any) -> list[Any] | None:
+    """Per output leaf: None, or for Adam's moments the largest moment of the whole model. A leaf whose exact
+    gradient is zero (the attention key bias) has moments made of float32 roundoff, which no two reduction
+    orders reproduce; measured against the model's gradient scale it still has to agree to 1e-5."""
+    import optax
+
+    adam = [x for x in jax.tree.leaves(out[1], is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+            if isinstance(x, optax.ScaleByAdamState)]
+    if len(adam) != 1:
+        return None
+    scale: dict[int, float] = {}
+    for moment in (adam[0].mu, adam[0].nu):
+        leaves = jax.tree.leaves(moment)
+        top = max((float(np.max(np.abs(np.asarray(x, np.float64)), initial=0.0)) for x in leaves), default=0.0)
+        scale.update({id(x): top for x in leaves})
+    return [scale.get(id(leaf)) for leaf in jax.tree.leaves(out)]
+
+
 def _two_steps(kind: str, name: str, pf: Any, state: Any, batch: Any) -> tuple[float, float]:
     """Run ``pf`` twice (step 2 on step 1's outputs) and compare each step with ``jax.jit`` on the same inputs
     (step 2's reference starts from the parallel step 1's state, so step 1's roundoff is not compared twice)."""
     out1 = pf(state, batch)
-    e1 = max_rel_error(out1, _reference(kind, name), _adam_masks(_reference(kind, name)))
+    ref1 = _reference(kind, name)
+    e1 = max_rel_error(out1, ref1, _adam_masks(ref1), _moment_scales(ref1))
     host_state = jax.tree.map(np.asarray, out1[1])
     ref2 = _jitted(kind, name)(host_state, batch)
     out2 = pf(out1[1], batch)
-    e2 = max_rel_error(out2, ref2, _adam_masks(ref2))
+    e2 = max_rel_error(out2, ref2, _adam_masks(ref2), _moment_scales(ref2))
     assert e1 <= RTOL and e2 <= RTOL, f"{name}: max relative error step 1 {e1:.3g}, step 2 {e2:.3g} > {RTOL}"
     return e1, e2
 
