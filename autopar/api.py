@@ -11,11 +11,15 @@ import jax
 import numpy as np
 
 from autopar.cost_models.cluster import ClusterSpec
+from autopar.emit.pipeline import emit_pipeline, is_pipelined
 from autopar.emit.spmd import SpmdProgram, emit_spmd
 from autopar.ir.graph import Graph
 from autopar.ir.trace import _normalize_argnums, trace
 from autopar.methods import Auto, Manual3D, Method, PipeshardParallel, ShardParallel, resolve_method
 from autopar.plan import Plan
+from autopar.planner.pipelined import plan_pipelined
+from autopar.planner.problem import InfeasibleMemoryError
+from autopar.runtime.pipeline import PipelineRuntime
 from autopar.planner.shard_parallel import plan_intra_op, plan_specs
 from autopar.sharding.mesh import LogicalMesh
 
@@ -55,26 +59,77 @@ def _cluster_for(cluster: ClusterSpec | str | None) -> ClusterSpec:
     return cluster
 
 
-def _plan_graph(graph: Graph, cluster: ClusterSpec, method: Method, memory_budget: float | None,
-                solver: str, time_limit_s: float | None) -> Plan:
-    if isinstance(method, (PipeshardParallel, Manual3D)):
-        raise ValueError(f"{type(method).__name__} needs the pipeline planner, which this version does not have "
-                         "yet; use autopar.ShardParallel(mesh_shape=...) (or method='auto', which plans intra-op "
-                         "for now)")
-    if isinstance(method, ShardParallel) and method.num_microbatches not in (None, 1):
-        raise ValueError("ShardParallel(num_microbatches=...): gradient accumulation is not available yet; "
-                         "leave num_microbatches unset")
+def _is_pipelined(method: Method) -> bool:
+    return isinstance(method, (PipeshardParallel, Manual3D)) or (
+        isinstance(method, ShardParallel) and method.num_microbatches not in (None, 1))
+
+
+def _plan_abstract(fn: Callable[..., Any], abstract: Sequence[Any], tracer: "_Tracer", cluster: ClusterSpec,
+                   method: Method, memory_budget: float | None, solver: str, time_limit_s: float | None) -> Plan:
+    """Plan from abstract arguments: one SPMD program, or microbatches / pipeline stages."""
     if isinstance(method, Auto):
-        method = ShardParallel()
-    return plan_intra_op(graph, cluster, method, memory_budget=memory_budget, solver=solver,
+        found: list[Plan] = []
+        errors: list[Exception] = []
+        for candidate in (ShardParallel(), PipeshardParallel()):
+            try:
+                found.append(_plan_abstract(fn, abstract, tracer, cluster, candidate, memory_budget, solver,
+                                            time_limit_s))
+            except (InfeasibleMemoryError, ValueError) as e:
+                errors.append(e)
+        if not found:
+            raise errors[0]
+        return min(found, key=lambda p: p.estimate.step_time_s)   # ties keep the single program
+    if _is_pipelined(method):
+        return plan_pipelined(tracer.at, tracer.batch_size(), cluster, method, memory_budget=memory_budget,
+                              solver=solver, time_limit_s=time_limit_s).plan
+    return plan_intra_op(tracer.at(1), cluster, method, memory_budget=memory_budget, solver=solver,
                          time_limit_s=time_limit_s).plan
+
+
+class _Tracer:
+    """Traces the step at the microbatch size of m microbatches (cached per m)."""
+
+    def __init__(self, fn: Callable[..., Any], abstract: Sequence[Any], static_argnums: Any, batch_argnums: Any,
+                 donate_argnums: Any) -> None:
+        self.fn, self.abstract = fn, list(abstract)
+        self.static_argnums, self.donate_argnums = static_argnums, donate_argnums
+        self.batch_argnums = _default_batch_argnums(len(abstract), batch_argnums)
+        self._graphs: dict[int, Graph] = {}
+
+    def _batch_positions(self) -> tuple[int, ...]:
+        return _normalize_argnums(self.batch_argnums, len(self.abstract), "batch_argnums")
+
+    def batch_size(self) -> int:
+        sizes = {leaf.shape[0] if leaf.shape else None for i in self._batch_positions()
+                 for leaf in jax.tree.leaves(self.abstract[i])}
+        if not sizes:
+            raise ValueError("microbatching needs batch arguments: pass batch_argnums naming them")
+        if None in sizes or len(sizes) != 1:
+            raise ValueError(f"batch arguments have leading dimensions {sorted(map(str, sizes))}; microbatching "
+                             "needs every batch leaf to share one batch dimension first (fix batch_argnums)")
+        return int(sizes.pop())
+
+    def at(self, m: int) -> Graph:
+        if m not in self._graphs:
+            args = list(self.abstract)
+            if m > 1:
+                b = self.batch_size()
+                if b % m:
+                    raise ValueError(f"the batch size {b} is not divisible by num_microbatches={m}; use a divisor "
+                                     f"of {b}")
+                for i in self._batch_positions():
+                    args[i] = jax.tree.map(lambda x: jax.ShapeDtypeStruct((x.shape[0] // m, *x.shape[1:]), x.dtype),
+                                           args[i])
+            self._graphs[m] = trace(self.fn, *args, static_argnums=self.static_argnums,
+                                    batch_argnums=self.batch_argnums, donate_argnums=self.donate_argnums)
+        return self._graphs[m]
 
 
 @dataclass(frozen=True)
 class _Compiled:
     plan: Plan
     graph: Graph
-    program: SpmdProgram
+    program: SpmdProgram | PipelineRuntime
 
 
 class ParallelFunction:
@@ -99,6 +154,7 @@ class ParallelFunction:
         self._fixed_plan = Plan.load(plan) if isinstance(plan, (str, Path)) else plan
         self._cache: dict[Any, _Compiled] = {}
         self._lock = threading.Lock()
+        self._block = False
         self.__wrapped__ = fn
 
     # ---- planning -----------------------------------------------------------------------------------
@@ -128,19 +184,30 @@ class ParallelFunction:
             if hit is not None:
                 return hit
             abstract = [a if i in static else jax.tree.map(_abstract, a) for i, a in enumerate(args)]
-            graph = self.trace(*abstract)
+            tracer = _Tracer(self.fn, abstract, self.static_argnums, self.batch_argnums, self.donate_argnums)
             if self._fixed_plan is not None:
                 plan = self._fixed_plan
             else:
-                plan = _plan_graph(graph, self._cluster(), self.method, self.memory_budget, self.solver,
-                                   self.time_limit_s)
-            specs, fixed = plan_specs(plan, graph)
-            stage = plan.stages[0]
+                plan = _plan_abstract(self.fn, abstract, tracer, self._cluster(), self.method, self.memory_budget,
+                                      self.solver, self.time_limit_s)
             devices = self._devices()
-            if len(devices) < len(stage.devices):
-                raise ValueError(f"the plan needs {len(stage.devices)} devices, {len(devices)} are available")
-            mesh = LogicalMesh(stage.mesh_shape, stage.axis_names).to_jax_mesh([devices[i] for i in stage.devices])
-            compiled = _Compiled(plan, graph, emit_spmd(graph, specs, fixed, mesh))
+            program: Any
+            if is_pipelined(plan):
+                if jax.process_count() > 1:
+                    raise ValueError("pipelined and microbatched plans run in a single process for now; use "
+                                     "ShardParallel / DataParallel / ZeroParallel under jax.distributed")
+                graph = tracer.at(int(plan.method_options["num_microbatches"]))
+                program = emit_pipeline(plan, graph, devices)
+            else:
+                graph = tracer.at(1)
+                specs, fixed = plan_specs(plan, graph)
+                stage = plan.stages[0]
+                if len(devices) < len(stage.devices):
+                    raise ValueError(f"the plan needs {len(stage.devices)} devices, {len(devices)} are available")
+                mesh = LogicalMesh(stage.mesh_shape, stage.axis_names).to_jax_mesh(
+                    [devices[i] for i in stage.devices])
+                program = emit_spmd(graph, specs, fixed, mesh)
+            compiled = _Compiled(plan, graph, program)
             self._cache[key] = compiled
             return compiled
 
@@ -151,10 +218,33 @@ class ParallelFunction:
     def lower(self, *args: Any) -> Any:
         """The lowered SPMD program for these arguments (``.compile()`` gives XLA's compiled program)."""
         c = self._compile(args)
+        if isinstance(c.program, PipelineRuntime):
+            raise ValueError("this plan runs several programs (pipeline stages or microbatches); use "
+                             "lower_pieces(...) for each program's lowering")
         flat = [jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh) for s, sh in
                 zip(jax.tree_util.tree_leaves([_abstract_tree(a) for a in _dynamic(args, self.static_argnums)]),
                     c.program.in_shardings)]
         return c.program.lower(*flat)
+
+    def lower_pieces(self, *args: Any) -> dict[str, Any]:
+        """Each program of a pipelined / microbatched plan, lowered: {piece name: jax Lowered}."""
+        c = self._compile(args)
+        if not isinstance(c.program, PipelineRuntime):
+            return {"stage0": self.lower(*args)}
+        return c.program.lower_pieces()
+
+    @property
+    def timeline(self) -> list[Any]:
+        """What the last pipelined call ran: TimelineEvent(stage, microbatch, phase, start, end)."""
+        runtimes = [c.program for c in self._cache.values() if isinstance(c.program, PipelineRuntime)]
+        return list(runtimes[-1].timeline) if runtimes else []
+
+    def record_timeline(self, block: bool = True) -> None:
+        """Wait for every program as it runs, so the timeline measures it (slower; for inspection)."""
+        self._block = block
+        for c in self._cache.values():
+            if isinstance(c.program, PipelineRuntime):
+                c.program.block = block
 
     # ---- running ------------------------------------------------------------------------------------
     def __call__(self, *args: Any) -> Any:
@@ -163,6 +253,9 @@ class ParallelFunction:
         flat, tree = jax.tree_util.tree_flatten(tuple(dyn))
         if tree != c.graph.in_tree:
             raise TypeError(f"arguments do not match the planned structure: {tree} vs {c.graph.in_tree}")
+        if isinstance(c.program, PipelineRuntime):
+            c.program.block = self._block
+            return jax.tree_util.tree_unflatten(c.graph.out_tree, c.program(flat))
         placed = [_place(x, s) for x, s in zip(flat, c.program.in_shardings)]
         out = c.program.fn(*placed)
         return jax.tree_util.tree_unflatten(c.graph.out_tree, out)
@@ -210,6 +303,6 @@ def plan(fn: Callable[..., Any], *args: Any, cluster: ClusterSpec | str | None =
     """Plan ``fn(*args)`` for a described cluster without needing its devices (args may be abstract)."""
     abstract = [a if i in _normalize_argnums(static_argnums, len(args), "static_argnums")
                 else jax.tree.map(_abstract, a) for i, a in enumerate(args)]
-    graph = trace(fn, *abstract, static_argnums=static_argnums,
-                  batch_argnums=_default_batch_argnums(len(args), batch_argnums), donate_argnums=donate_argnums)
-    return _plan_graph(graph, _cluster_for(cluster), resolve_method(method), memory_budget, solver, time_limit_s)
+    tracer = _Tracer(fn, abstract, static_argnums, batch_argnums, donate_argnums)
+    return _plan_abstract(fn, abstract, tracer, _cluster_for(cluster), resolve_method(method), memory_budget,
+                          solver, time_limit_s)

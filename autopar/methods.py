@@ -50,17 +50,37 @@ class ZeroParallel(Method):
 
 @dataclass(frozen=True)
 class PipeshardParallel(Method):
-    """Pipeline stages on sub-meshes with intra-op sharding inside each stage."""
+    """Pipeline stages on sub-meshes with intra-op sharding inside each stage.
+
+    ``layers``: "auto" (the ``mark_layer_boundary`` markers, else automatic clustering) or a layer count.
+    ``stages``: "auto" (searched), a stage count (layers split by balanced flops), or a list with the number
+    of layers of each stage. ``submeshes``: devices per stage (default: an equal share, or searched);
+    ``logical_meshes``: each stage's mesh shape (default: searched). ``remat``: "auto" (rematerialize a
+    stage when memory needs it), True / False, or one bool per stage. ``num_microbatches=None``: searched.
+    """
 
     num_microbatches: int | None = None
     layers: str | int = "auto"
     stages: str | int | Sequence[int] = "auto"
     schedule: str = "1f1b"
+    submeshes: Sequence[int] | None = None
+    logical_meshes: Sequence[Sequence[int]] | None = None
+    remat: str | bool | Sequence[bool] = "auto"
     name = "pipeshard"
 
     def __post_init__(self) -> None:
         if self.schedule not in ("1f1b", "gpipe"):
             raise ValueError(f"schedule={self.schedule!r}: use '1f1b' or 'gpipe'")
+        if self.num_microbatches is not None and self.num_microbatches < 1:
+            raise ValueError(f"num_microbatches={self.num_microbatches}: must be >= 1")
+        for name in ("stages", "submeshes", "logical_meshes", "remat"):
+            v = getattr(self, name)
+            if isinstance(v, list):
+                object.__setattr__(self, name, tuple(tuple(x) if isinstance(x, list) else x for x in v))
+        if isinstance(self.stages, tuple) and (not self.stages or min(self.stages) < 1):
+            raise ValueError(f"stages={self.stages}: give the number of layers of each stage, each >= 1")
+        if isinstance(self.stages, int) and not isinstance(self.stages, bool) and self.stages < 1:
+            raise ValueError(f"stages={self.stages}: must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cluster", default="p3.16xlarge")
     ap.add_argument("--mesh", default=None, help="e.g. 2x4; default: every 1-, 2- and 3-axis mesh")
     ap.add_argument("--limit", type=float, default=30.0)
+    ap.add_argument("--deadline", type=float, default=None,
+                    help="search_deadline_s of plan_intra_op (default: the planner's)")
     a = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -34,16 +36,24 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.perf_counter()
     # Without microbatching or remat this step needs about 2 TiB per V100 (fp32 activations of batch 1024):
     # search speed is measured without the capacity limit (the planner reports the minimum otherwise).
-    result = plan_intra_op(graph, cluster, autopar.ShardParallel(mesh_shape=mesh), memory_budget=math.inf)
+    kw = {} if a.deadline is None else {"search_deadline_s": a.deadline}
+    result = plan_intra_op(graph, cluster, autopar.ShardParallel(mesh_shape=mesh), memory_budget=math.inf, **kw)
     t_plan = time.perf_counter() - t1
     print(f"{a.model} batch {a.batch} on {cluster.name}: {len(graph.ops)} ops, traced in {t_trace:.1f} s")
-    print(f"{'mesh':<10} {'nodes':>6} {'vars':>8} {'solve s':>8} {'step ms':>9}")
+    print(f"{'mesh':<10} {'nodes':>6} {'vars':>8} {'constr':>8} {'build s':>8} {'solve s':>8} {'status':>9} "
+          f"{'bound ms':>9} {'step ms':>10}")
     for m in result.plan.search["meshes"]:
-        if "error" in m:
-            print(f"{'x'.join(map(str, m['mesh'])):<10} error: {m['error']}")
+        name = "x".join(map(str, m["mesh"]))
+        if "error" in m or "skipped" in m:
+            print(f"{name:<10} {m.get('error') or m.get('skipped')}")
             continue
-        print(f"{'x'.join(map(str, m['mesh'])):<10} {m['nodes']:>6} {m.get('variables', '-'):>8} "
-              f"{m['solve_time_s']:>8.2f} {m['step_time_s'] * 1e3:>9.1f}")
+        if "pruned_lower_bound" in m:
+            print(f"{name:<10} {m['nodes']:>6} {'-':>8} {'-':>8} {m['build_time_s']:>8.2f} {'-':>8} {'pruned':>9} "
+                  f"{m['pruned_lower_bound'] * 1e3:>9.1f} {'-':>10}")
+            continue
+        print(f"{name:<10} {m['nodes']:>6} {m['variables']:>8} {m['constraints']:>8} {m['build_time_s']:>8.2f} "
+              f"{m['solve_time_s']:>8.2f} {m['status']:>9} {m['lower_bound'] * 1e3:>9.1f} "
+              f"{m['step_time_s'] * 1e3:>10.1f}")
     ilp = result.plan.search["ilp"]
     print(f"best mesh {result.plan.mesh_shape}: ILP {ilp['nodes']} nodes, {ilp['variables']} variables, "
           f"{ilp['status']}; planning {t_plan:.1f} s (target < {a.limit:.0f} s)")

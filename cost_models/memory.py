@@ -11,6 +11,9 @@ The model of temporaries follows what XLA does to a jaxpr before it allocates bu
 - a value whose last use is an elementwise op producing an output of its size shares that output's buffer;
 - every other value (dot/conv results, reductions, gathers, scans, values used by a dot) lives from the op
   that makes it to its last use; inputs, outputs and constants are not temporaries;
+- a fused value is recomputed where it is read, so the values it is computed from stay live until its
+  last reader: a ReLU mask ``x > 0`` read by the backward ``select_n`` keeps the pre-activation ``x``
+  alive until the backward pass (``last_uses``);
 - a dot_general whose batch dimensions are not leading reads a transposed copy of that operand;
 - the peak is taken over program order (XLA's scheduler may do better).
 """
@@ -114,6 +117,30 @@ def _aliased_bytes(g: "Graph", size: TensorBytes) -> float:
     return alias
 
 
+def _fused(g: "Graph", t: "Tensor", mat: dict[int, bool]) -> bool:
+    """A value computed inside its readers' fusions (no buffer of its own, not written into an output)."""
+    if t.producer is None or t.is_output or mat[t.id]:
+        return False
+    return g.ops[t.producer].primitive in FUSIBLE and not _writes_into_output(g, t)
+
+
+def last_uses(g: "Graph") -> dict[int, int]:
+    """tensor id -> the last op that reads it, directly or through fused values computed from it."""
+    mat = {t.id: materialised(g, t) for t in g.tensors}
+    reach: dict[int, int] = {}  # op id -> last op at which that op's (fused) result is read
+    for op in reversed(g.ops):
+        r = op.id
+        for o in op.outputs:
+            ot = g.tensors[o]
+            if _fused(g, ot, mat):
+                r = max([r] + [reach[c] for c in ot.consumers if c in reach])
+        reach[op.id] = r
+    out = {}
+    for t in g.tensors:
+        out[t.id] = max((reach.get(c, c) for c in t.consumers), default=t.producer or 0)
+    return out
+
+
 def estimate_memory(g: "Graph", tensor_bytes: TensorBytes | None = None,
                     extra: Sequence[tuple[float, int, int]] = ()) -> MemoryEstimate:
     """Liveness-based per-device memory of one call of ``g``.
@@ -133,10 +160,11 @@ def estimate_memory(g: "Graph", tensor_bytes: TensorBytes | None = None,
 
     last_use: dict[int, int] = {}
     live_from: dict[int, float] = {}
+    uses = last_uses(g)
     for t in g.tensors:
         if materialised(g, t):
             live_from[t.id] = size(t)
-            last_use[t.id] = max(t.consumers, default=t.producer or 0)
+            last_use[t.id] = uses[t.id]
     frees: dict[int, list[int]] = {}
     for tid, op_id in last_use.items():
         frees.setdefault(op_id, []).append(tid)

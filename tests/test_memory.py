@@ -90,3 +90,18 @@ def test_replicated_mlp_train_step_within_15_percent_of_xla(batch, hidden):
     predicted = estimate_memory(autopar.trace(step, state, data, batch_argnums=1)).total_bytes
     assert 0.85 <= predicted / xla <= 1.15, (predicted, xla)
     assert np.isfinite(predicted)
+
+
+def test_fused_mask_keeps_its_source_alive_until_read():
+    # m = h > 0 is fused into the final select, which recomputes it from h: h stays live across y = x @ b
+    # (2 tiles at the peak, as XLA's memory_analysis reports); without the rule h would die at the compare.
+    def f(x, a, b, c):
+        h = x @ a
+        m = h > 0
+        y = x @ b
+        return jnp.where(m, y @ c, 0.0)
+
+    args = (_sds(256, 256),) * 4
+    tile = 256 * 256 * 4
+    assert estimate_memory(autopar.trace(f, *args)).temp_peak_bytes == 2 * tile
+    assert jax.jit(f).lower(*args).compile().memory_analysis().temp_size_in_bytes == 2 * tile

@@ -154,11 +154,6 @@ def _xla_bytes(compiled: Any) -> float:
     return float(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known gap (intra-op issue): the plan honours the budget under autopar's memory model (every program point, "
-    "resharded copies included), but XLA's CPU buffer assignment keeps more temporaries than the model predicts: "
-    "MLP h=2048, batch 512, mesh (8,), budget 0.85x the free plan's 35.5 MiB -> predicted 29.0 MiB, XLA 37.5 MiB "
-    "(1.24x the budget; the acceptance bound is 1.10x)"))
 def test_memory_budget_changes_plan_and_is_respected() -> None:
     sa = mlp_step(h=2048, batch=512, layers=4)
     free = _plan(sa)

@@ -51,6 +51,21 @@ def reshard_buffers(ip: "IntraOpProblem", choices: Sequence[int]) -> list[tuple[
     return out
 
 
+def held_buffers(ip: "IntraOpProblem", choices: Sequence[int]) -> dict[int, float]:
+    """Op outputs whose buffer is larger than their spec's share (``intra_op.output_buffer_bytes``)."""
+    from autopar.planner.intra_op import output_buffer_bytes
+
+    out: dict[int, float] = {}
+    for v, node in enumerate(ip.nodes):
+        s = node.strategies[choices[v]]
+        if node.kind != "op" or not any(c.kind == "reduce-scatter" for c in s.comm):
+            continue
+        for op_id in (node.key, *node.tied_ops):
+            for k, o in enumerate(ip.graph.ops[op_id].outputs):
+                out[o] = output_buffer_bytes(s, k, ip.graph.tensors[o], ip.mesh)
+    return out
+
+
 def estimate_plan(ip: "IntraOpProblem", choices: Sequence[int], device: Any) -> Estimate:
     mesh = ip.mesh
     compute = float(sum(ip.compute_costs[v][c] for v, c in enumerate(choices)))
@@ -63,8 +78,11 @@ def estimate_plan(ip: "IntraOpProblem", choices: Sequence[int], device: Any) -> 
         by_kind[s.kind] += bytes_sent(s.kind, s.nbytes, mesh.size(s.axes))
         counts[s.kind] += 1
     specs = ip.tensor_specs(choices)
+    held = held_buffers(ip, choices)
 
     def tensor_bytes(t: Any) -> float:
+        if t.id in held:
+            return held[t.id]
         spec = specs.get(t.id)
         return float(t.nbytes) if spec is None else float(spec.bytes_per_device(t.shape, t.dtype, mesh))
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from autopar.cost_models.collectives import collective_time
 from autopar.cost_models.compute import op_cost
-from autopar.cost_models.memory import FUSIBLE, materialised
+from autopar.cost_models.memory import FUSIBLE, last_uses, materialised
 from autopar.ir.graph import Graph, Role
 from autopar.planner.layer_ties import input_ties, op_ties, state_ties
 from autopar.planner.problem import Edge, MemoryGroup, ShardingProblem
@@ -129,7 +129,7 @@ class _CostCache:
     def reshard(self, src: ShardingSpec, dst: ShardingSpec, shape: tuple[int, ...], dtype: Any) -> float:
         if src == dst:
             return 0.0
-        key = (src, dst, shape, str(dtype))
+        key = (src, dst, shape, dtype)
         hit = self._reshard.get(key)
         if hit is None:
             hit = sum(self.collective(s) for s in reshard_steps(src, dst, shape, dtype, self.mesh))
@@ -137,23 +137,68 @@ class _CostCache:
         return hit
 
 
+def output_buffer_bytes(s: Strategy, k: int, t: Any, mesh: "LogicalMesh") -> float:
+    """Per-device bytes of output ``k`` of an op run with strategy ``s``, as XLA holds it.
+
+    A partial sum resolved by reduce-scatter keeps its full (pre-scatter) buffer: XLA's CPU pipeline emits
+    an all-reduce and fuses the slice of each shard into the readers, so the all-reduced buffer lives as
+    long as the scattered value (measured in tests/test_plans.py: an MLP whose activations are
+    reduce-scattered holds every all-reduced [512, 2048] until the backward pass). Counting it is
+    conservative where XLA makes a real reduce-scatter (GPU).
+    """
+    own = float(s.out_specs[k].bytes_per_device(t.shape, t.dtype, mesh))
+    if len(s.out_specs) == 1:
+        for c in s.comm:
+            if c.kind == "reduce-scatter":
+                own = max(own, float(c.nbytes))
+    return own
+
+
 def _input_strategy(spec: ShardingSpec) -> Strategy:
     return Strategy(name=f"input {spec}", in_specs=(), out_specs=(spec,), work_shards=1)
+
+
+@dataclass(frozen=True)
+class GraphAnalysis:
+    """What the builder needs from the graph that no mesh changes: layer ties and the replicated peak.
+
+    Computed by ``analyse_graph``; ``plan_intra_op`` computes it once and passes it to every mesh's build."""
+
+    tie_layers: bool
+    ties: Mapping[int, int]            # op id -> representative op id
+    in_ties: Mapping[int, int]         # input tensor id -> representative input tensor id
+    resident: frozenset[int]           # tensors live at the replicated peak (arguments, outputs, temporaries)
+    peak_point: int | None             # the op after which the replicated live set peaks
+
+
+def analyse_graph(graph: Graph, tie_layers: bool = True) -> GraphAnalysis:
+    """The mesh-independent part of ``build_intra_op`` (see ``GraphAnalysis``)."""
+    if analysis is None or analysis.tie_layers != tie_layers:
+        analysis = analyse_graph(graph, tie_layers)
+    ties, in_ties = analysis.ties, analysis.in_ties
+    resident, peak_point = _replicated_peak(graph)
+    return GraphAnalysis(tie_layers, ties, in_ties, resident, peak_point)
 
 
 def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
                    memory_budget: float | None = None,
                    input_filter: Callable[[Any, ShardingSpec], bool] | None = None,
-                   tie_layers: bool = True) -> IntraOpProblem:
+                   tie_layers: bool = True, unfollowed: frozenset[int] = frozenset(),
+                   analysis: GraphAnalysis | None = None) -> IntraOpProblem:
     """The ShardingProblem of ``graph`` on ``mesh`` (see the module docstring).
+
+    ``unfollowed``: tensors whose readers get nodes of their own instead of following them (ZeRO-1 keeps
+    the gradients whole while the optimizer state they update is split).
 
     ``tie_layers``: ops (and the parameters they read) of structurally identical layers share one node
     (``autopar.planner.layer_ties``), so the problem grows with distinct layer kinds, not with depth.
+
+    ``analysis``: ``analyse_graph(graph, tie_layers)``, when the caller builds several meshes of one graph.
     """
     cache = _CostCache(mesh)
-    ties = op_ties(graph) if tie_layers else {}
-    in_ties = input_ties(graph, ties) if tie_layers else {}
-    in_ties.update(state_ties(graph, in_ties) if tie_layers else {})
+    if analysis is None or analysis.tie_layers != tie_layers:
+        analysis = analyse_graph(graph, tie_layers)
+    ties, in_ties = analysis.ties, analysis.in_ties
     node_of_op: dict[int, int] = {}
     tied: dict[int, list[int]] = defaultdict(list)
     nodes: list[NodeInfo] = []
@@ -164,6 +209,7 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
     merged: dict[int, list[int]] = defaultdict(list)
     sites: list[ReshardSite] = []
     pending: list[tuple[int, np.ndarray]] = []
+    held: dict[int, np.ndarray] = {}   # tensors whose buffer is not just their spec's share (reduce-scatter)
 
     def add_edge(u: int, v: int, matrix: np.ndarray) -> None:
         if u == v:
@@ -173,25 +219,37 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
         else:
             edges[(u, v)] = matrix
 
-    def edge_matrix(tid: int, wanted: Sequence[ShardingSpec | None],
-                    consumer: int | None = None) -> tuple[int, np.ndarray] | None:
-        """Resharding from tensor ``tid``'s owner strategies to the wanted spec of each consumer strategy."""
+    # Tied layers repeat the same (source specs, wanted specs) pairs: matrices are built once per distinct
+    # pair, keyed by the identity of the spec tuples (kept alive in the cache, so ids are never reused).
+    edge_cache: dict[tuple[Any, ...], tuple[Any, Any, np.ndarray | None]] = {}
+
+    def edge_matrix(tid: int, wanted: Sequence[ShardingSpec | None], consumer: int | None = None,
+                    wanted_key: Any = None) -> tuple[int, np.ndarray] | None:
+        """Resharding from tensor ``tid``'s owner strategies to the wanted spec of each consumer strategy.
+
+        ``wanted_key``: a hashable that determines ``wanted`` (with the tensor's shape), or None."""
         if tid not in owner:
             return None  # constants: replicated, slicing them is free
         t = graph.tensors[tid]
         u, src_specs = owner[tid]
         sites.append(ReshardSite(tid, len(nodes) if consumer is None else consumer, tuple(wanted), op_id))
+        key = None if wanted_key is None else (id(src_specs), wanted_key, t.shape, t.dtype)
+        if key is not None and key in edge_cache:
+            m = edge_cache[key][2]
+            return None if m is None else (u, m)
         uniq_src = list(dict.fromkeys(src_specs))
         uniq_dst = list(dict.fromkeys(w for w in wanted if w is not None))
-        if not uniq_dst:
-            return None
-        table = np.array([[cache.reshard(s, d, t.shape, t.dtype) for d in uniq_dst] for s in uniq_src])
-        si = np.array([uniq_src.index(s) for s in src_specs])
-        m = np.zeros((len(src_specs), len(wanted)))
-        for j, w in enumerate(wanted):
-            if w is not None:
-                m[:, j] = table[si, uniq_dst.index(w)]
-        return u, m
+        m = None
+        if uniq_dst:
+            table = np.array([[cache.reshard(s, d, t.shape, t.dtype) for d in uniq_dst] for s in uniq_src])
+            si = np.array([uniq_src.index(s) for s in src_specs])
+            m = np.zeros((len(src_specs), len(wanted)))
+            for j, w in enumerate(wanted):
+                if w is not None:
+                    m[:, j] = table[si, uniq_dst.index(w)]
+        if key is not None:
+            edge_cache[key] = (src_specs, wanted_key, m)
+        return None if m is None else (u, m)
 
     # ---- inputs -------------------------------------------------------------------------------------
     for tid in sorted(graph.inputs, key=lambda t: t in in_ties):
@@ -213,8 +271,51 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
 
     followers: dict[int, tuple[int, tuple[Strategy, ...]]] = {}
 
+    # Tied ops have the same primitive, shapes, dtypes and params (``layer_ties``): their rule strategies
+    # and roofline costs are computed once, for the representative (scalar constants, which the roofline
+    # skips, are part of the key).
+    rule_cache: dict[int, list[Strategy]] = {}
+    cost_cache: dict[tuple[Any, ...], float] = {}
+    vec_cache: dict[tuple[Any, ...], tuple[Any, np.ndarray]] = {}
+    prop_cache: dict[tuple[Any, ...], tuple[Any, tuple[Strategy, ...] | None, tuple[ShardingSpec, ...]]] = {}
+    outs_cache: dict[tuple[int, int], tuple[ShardingSpec, ...]] = {}
+    held_cache: dict[tuple[int, int], np.ndarray | None] = {}   # strategies of tied ops have the same shapes
+
+    def rep_of(op: Any) -> int:
+        return ties.get(op.id, op.id)
+
+    def rules_of(op: Any) -> list[Strategy]:
+        r = rep_of(op)
+        if r not in rule_cache:
+            rule_cache[r] = strategies_for(graph, op, mesh)
+        return rule_cache[r]
+
+    def cost_key(op: Any) -> tuple[Any, ...]:
+        """Ops with equal keys have equal roofline costs. Elementwise followers: the roofline reads only the
+        primitive and its operands' shapes, dtypes and constness (no params), so every layer's and every
+        optimizer update's copy shares one entry; other ops: their layer-tie representative."""
+        consts = tuple(graph.tensors[t].value is not None for t in op.inputs)
+        if op.primitive in FOLLOWERS and not op.subgraphs:
+            sig = tuple((graph.tensors[t].shape, graph.tensors[t].dtype) for t in (*op.inputs, *op.outputs))
+            return (op.primitive, sig, consts)
+        return (rep_of(op), consts)
+
+    def compute_time(op: Any, shards: int, key: tuple[Any, ...] | None = None) -> float:
+        key = (key or cost_key(op), shards)
+        hit = cost_cache.get(key)
+        if hit is None:
+            hit = cost_cache[key] = op_cost(graph, op, device, shards).time
+        return hit
+
+    def follower_costs(op: Any, specs: tuple[ShardingSpec, ...]) -> np.ndarray:
+        key = cost_key(op)
+        vkey = (key, id(specs))
+        if vkey not in vec_cache:
+            vec_cache[vkey] = (specs, np.array([compute_time(op, s.num_shards(mesh), key) for s in specs]))
+        return vec_cache[vkey][1]
+
     def strategy_cost(op: Any, s: Strategy) -> tuple[float, float]:
-        comp = op_cost(graph, op, device, s.work_shards).time
+        comp = compute_time(op, s.work_shards)
         return comp, comp + sum(cache.collective(c) for c in s.comm)
 
     # ---- ops ----------------------------------------------------------------------------------------
@@ -222,8 +323,17 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
     for op in graph.ops:
         op_id = op.id
         outs = [graph.tensors[o] for o in op.outputs]
-        mapped = _mapped_operand(graph, op, owner)
-        chosen = _propagate(graph, op, mapped, owner, mesh) if mapped is not None else None
+        visible = owner if not unfollowed or not unfollowed.intersection(op.inputs) else {
+            t: x for t, x in owner.items() if t not in unfollowed}
+        mapped = _mapped_operand(graph, op, visible)
+        chosen = None
+        if mapped is not None:
+            pkey = (rep_of(op), mapped[0], id(owner[mapped[1]][1]))
+            if pkey not in prop_cache:
+                got = _propagate(op, mapped, owner, rules_of(op))
+                prop_cache[pkey] = (owner[mapped[1]][1], got,
+                                    () if got is None else tuple(s.out_specs[0] for s in got))
+            chosen = prop_cache[pkey][1]
         if mapped is not None and chosen is not None:
             # A layout op (reshape, transpose, broadcast, slice, ...) whose operand's every possible spec
             # passes through it unchanged and without communication follows its operand: no node of its own.
@@ -232,17 +342,17 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
             price = {s: strategy_cost(op, s) for s in dict.fromkeys(chosen)}
             costs[v] += np.array([price[s][1] for s in chosen])
             compute[v] += np.array([price[s][0] for s in chosen])
-            owner[op.outputs[0]] = (v, tuple(s.out_specs[0] for s in chosen))
+            owner[op.outputs[0]] = (v, prop_cache[pkey][2])
             sites.append(ReshardSite(main, v, tuple(s.in_specs[k] for s in chosen), op.id))
             followers[op.id] = (v, chosen)
             merged[v].append(op.id)
             continue
-        main = _follow_operand(graph, op, owner)
+        main = _follow_operand(graph, op, visible)
         if main is not None:
             v, specs = owner[main]
             for o in op.outputs:
                 owner[o] = (v, specs)
-            shards_cost = np.array([op_cost(graph, op, device, s.num_shards(mesh)).time for s in specs])
+            shards_cost = follower_costs(op, specs)
             costs[v] += shards_cost
             compute[v] += shards_cost
             merged[v].append(op.id)
@@ -255,20 +365,20 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
                 wanted = specs if other == outs[0].shape else [
                     ShardingSpec(tuple(d if n == m else () for d, n, m in zip(sp.dims, other, outs[0].shape)))
                     for sp in specs]
-                em = edge_matrix(tid, wanted, consumer=v)
+                em = edge_matrix(tid, wanted, consumer=v, wanted_key=("follow", id(specs), outs[0].shape))
                 if em is not None:
                     add_edge(em[0], v, em[1])
             continue
         rep = node_of_op.get(ties.get(op.id, -1))
         strategies = nodes[rep].strategies if rep is not None else tuple(
-            finalize(strategies_for(graph, op, mesh), cap=strategy_cap(mesh)))
+            finalize(rules_of(op), cap=strategy_cap(mesh)))
         v = rep if rep is not None else len(nodes)
         for k, tid in enumerate(op.inputs):
             wanted = [s.in_specs[k] if k < len(s.in_specs) else None for s in strategies]
-            em = edge_matrix(tid, wanted, consumer=v)
+            em = edge_matrix(tid, wanted, consumer=v, wanted_key=("op", id(strategies), k))
             if em is not None:
                 pending.append(em)
-        comp = np.array([op_cost(graph, op, device, s.work_shards).time for s in strategies])
+        comp = np.array([compute_time(op, s.work_shards) for s in strategies])
         comm = np.array([sum(cache.collective(c) for c in s.comm) for s in strategies])
         if rep is None:
             nodes.append(NodeInfo("op", op.id, f"op{op.id}:{op.primitive}", strategies))
@@ -280,14 +390,25 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
             compute[v] += comp
             tied[v].append(op.id)
         for k, o in enumerate(op.outputs):
-            owner[o] = (v, tuple(s.out_specs[k] for s in strategies))
+            if (v, k) not in outs_cache:
+                outs_cache[(v, k)] = tuple(s.out_specs[k] for s in strategies)
+            owner[o] = (v, outs_cache[(v, k)])
+            hkey = (id(strategies), k)
+            if hkey not in held_cache:
+                scatters = any(c.kind == "reduce-scatter" for s in strategies for c in s.comm)
+                held_cache[hkey] = np.array([output_buffer_bytes(s, k, graph.tensors[o], mesh)
+                                             for s in strategies]) if scatters else None
+            if held_cache[hkey] is not None:
+                held[o] = held_cache[hkey]
         for u, m in pending:
             add_edge(u, v, m)
         pending.clear()
 
     nodes = [NodeInfo(n.kind, n.key, n.label, n.strategies, tuple(merged.get(i, ())), tuple(tied.get(i, ())))
              for i, n in enumerate(nodes)]
-    memory, groups, peak_point = _memory_groups(graph, mesh, owner, [len(n.strategies) for n in nodes])
+    memory, groups = _memory_groups(graph, mesh, owner, [len(n.strategies) for n in nodes], analysis.resident,
+                                    held)
+    peak_point = analysis.peak_point
     budget: float | None = memory_budget if memory_budget is not None else float(device.memory_bytes)
     if budget is not None and not np.isfinite(budget):
         budget = None  # memory_budget=math.inf: plan without a memory limit (what-if questions, search speed)
@@ -307,14 +428,14 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
                           tuple(sites), followers, peak_point, stats)
 
 
-def _propagate(graph: Graph, op: Any, mapped: tuple[int, int], owner: Mapping[int, Any],
-               mesh: "LogicalMesh") -> tuple[Strategy, ...] | None:
+def _propagate(op: Any, mapped: tuple[int, int], owner: Mapping[int, Any],
+               rule_strategies: Sequence[Strategy]) -> tuple[Strategy, ...] | None:
     """For each strategy of the operand's owner, the op's communication-free strategy that takes the
     operand as it is (the first, in rule order); None when some operand spec has no such strategy."""
     k, main = mapped
     _, specs = owner[main]
     by_input: dict[ShardingSpec, Strategy] = {}
-    for s in strategies_for(graph, op, mesh):
+    for s in rule_strategies:
         if not s.comm and s.in_specs[k] is not None:
             by_input.setdefault(s.in_specs[k], s)
     if any(p not in by_input for p in specs):
@@ -345,11 +466,12 @@ def _follow_operand(graph: Graph, op: Any, owner: Mapping[int, Any]) -> int | No
     return None
 
 
-def _memory_groups(graph: Graph, mesh: "LogicalMesh", owner: Mapping[int, tuple[int, tuple[ShardingSpec, ...]]],
-                   counts: Sequence[int]) -> tuple[list[np.ndarray], tuple[MemoryGroup, ...], int | None]:
-    """Per-node bytes of the tensors live at the replicated peak (arguments + outputs + live temporaries)."""
+def _replicated_peak(graph: Graph) -> tuple[frozenset[int], int | None]:
+    """Tensors live where live memory peaks when everything is replicated (arguments + outputs + live
+    temporaries), and the op after which that happens."""
     temps = {t.id for t in graph.tensors if materialised(graph, t)}
-    last_use = {t: max(graph.tensors[t].consumers, default=graph.tensors[t].producer or 0) for t in temps}
+    uses = last_uses(graph)
+    last_use = {t: uses[t] for t in temps}
     live: set[int] = set()
     live_bytes = 0.0
     best, best_point, best_set = -1.0, None, set()
@@ -366,19 +488,31 @@ def _memory_groups(graph: Graph, mesh: "LogicalMesh", owner: Mapping[int, tuple[
         for t in frees.get(op.id, ()):
             live.discard(t)
             live_bytes -= graph.tensors[t].nbytes
-    resident = set(graph.inputs) | set(graph.outputs) | best_set
+    return frozenset(set(graph.inputs) | set(graph.outputs) | best_set), best_point
+
+
+def _memory_groups(graph: Graph, mesh: "LogicalMesh", owner: Mapping[int, tuple[int, tuple[ShardingSpec, ...]]],
+                   counts: Sequence[int], resident: frozenset[int], held: Mapping[int, np.ndarray] | None = None,
+                   ) -> tuple[list[np.ndarray], tuple[MemoryGroup, ...]]:
+    """Per-node bytes of the ``resident`` tensors (those live at the replicated peak), as one group."""
     num_nodes = len(counts)
     memory = [np.zeros(n) for n in counts]
+    vec_cache: dict[tuple[int, Any, Any], np.ndarray] = {}
     for tid in sorted(resident):
         if tid not in owner:
             continue
         v, specs = owner[tid]
         t = graph.tensors[tid]
-        vec = np.array([s.bytes_per_device(t.shape, t.dtype, mesh) for s in specs], dtype=float)
+        key = (id(specs), t.shape, t.dtype)   # owner tuples are shared by tied tensors and live all along
+        if key not in vec_cache:
+            vec_cache[key] = np.array([s.bytes_per_device(t.shape, t.dtype, mesh) for s in specs], dtype=float)
+        vec = vec_cache[key]
+        if held and tid in held:
+            vec = np.maximum(vec, held[tid])
         memory[v] = memory[v] + vec
     const_bytes = sum(graph.tensors[t].nbytes for t in resident if t not in owner)
     group = MemoryGroup(nodes=tuple(sorted(v for v in range(num_nodes) if memory[v].any())), base_bytes=const_bytes)
-    return memory, (group,), best_point
+    return memory, (group,)
 
 
 def _aliases(graph: Graph, owner: Mapping[int, tuple[int, tuple[ShardingSpec, ...]]]) -> tuple[Any, ...]:

@@ -12,22 +12,25 @@ import dataclasses
 import hashlib
 import math
 import time
+import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from autopar.ir.graph import Graph, Role, Section
 from autopar.methods import DataParallel, Method, ShardParallel, ZeroParallel
 from autopar.plan import Estimate, Plan, StagePlan
 from autopar.planner.estimate import estimate_plan
 from autopar.planner.ilp import solve
-from autopar.planner.intra_op import IntraOpProblem, build_intra_op
-from autopar.planner.problem import InfeasibleMemoryError, Solution, format_bytes
+from autopar.planner.intra_op import IntraOpProblem, analyse_graph, build_intra_op
+from autopar.planner.problem import Alias, InfeasibleMemoryError, Solution, format_bytes
 from autopar.sharding.mesh import LogicalMesh
 from autopar.sharding.spec import ShardingSpec
 
 AXIS_NAMES = ("x", "y", "z")
 # Seconds one mesh's ILP may take before its best plan so far is used (with a warning); None: no limit.
 DEFAULT_TIME_LIMIT_S = 60.0
+# Seconds the whole multi-mesh search may take before the meshes not yet tried are skipped (with a warning).
+DEFAULT_SEARCH_DEADLINE_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,12 @@ def forward_inputs(graph: Graph) -> set[int]:
     return {t for t in graph.inputs if t in used}
 
 
+def _all_axes_filter(mesh: LogicalMesh) -> Callable[[Any, ShardingSpec], bool]:
+    """Specs split over every mesh axis of size > 1 (a ZeRO shard)."""
+    all_axes = set(a for a, s in zip(mesh.axis_names, mesh.shape) if s > 1)
+    return lambda t, spec: set(spec.axes()) == all_axes
+
+
 def input_filter_for(method: Method, graph: Graph, mesh: LogicalMesh) -> Callable[[Any, ShardingSpec], bool] | None:
     """The input-spec constraint a method puts on the ILP (None: free)."""
     if not isinstance(method, (DataParallel, ZeroParallel)):
@@ -91,8 +100,96 @@ def input_filter_for(method: Method, graph: Graph, mesh: LogicalMesh) -> Callabl
     return allow
 
 
+def gradient_tensors(graph: Graph) -> set[int]:
+    """The gradients the optimizer reads: values made before the optimizer section, read in it, shaped like a
+    model parameter (``forward_inputs``)."""
+    param_shapes = {graph.tensors[t].shape for t in forward_inputs(graph) if graph.tensors[t].role is not Role.BATCH}
+    out: set[int] = set()
+    for op in graph.ops:
+        if op.section is not Section.OPTIMIZER:
+            continue
+        for t in op.inputs:
+            tt = graph.tensors[t]
+            made = tt.producer is not None and graph.ops[tt.producer].section is not Section.OPTIMIZER
+            if made and tt.shape and tt.shape in param_shapes:
+                out.add(t)
+    return out
+
+
+def state_outputs(graph: Graph) -> dict[int, int]:
+    """output tensor -> the state input it replaces: a train step returns its new state in the order of the
+    old one, so each non-batch input is matched, in order, with the next output of its shape and dtype."""
+    outs = [o for o in graph.outputs if graph.tensors[o].shape]
+    out: dict[int, int] = {}
+    k = 0
+    for i in graph.inputs:
+        t = graph.tensors[i]
+        if t.role is Role.BATCH or not t.shape:
+            continue
+        for j in range(k, len(outs)):
+            o = graph.tensors[outs[j]]
+            if o.shape == t.shape and o.dtype == t.dtype and outs[j] not in out:
+                out[outs[j]] = i
+                k = j + 1
+                break
+    return out
+
+
+def restrict_tensors(ip: IntraOpProblem, rules: Mapping[int, Callable[[ShardingSpec], bool]]) -> IntraOpProblem:
+    """``ip`` with the node owning each tensor of ``rules`` limited to the strategies whose spec of that
+    tensor the rule allows.
+
+    Each limit is an ``Alias`` with the node of fewest strategies listing only the allowed strategies, which
+    the ILP's presolve turns into removed strategies (exact; brute force and every backend honour it). A
+    tensor none of whose specs is allowed (its dims do not divide) keeps every strategy."""
+    p = ip.problem
+    if p.num_nodes < 2:
+        return ip
+    aliases = list(p.aliases)
+    for tid, allow in sorted(rules.items()):
+        if tid not in ip.tensor_owner:
+            continue
+        v, specs = ip.tensor_owner[tid]
+        ok = [i for i, s in enumerate(specs) if allow(s)]
+        if not ok or len(ok) == len(specs):
+            continue
+        b = min((u for u in range(p.num_nodes) if u != v), key=lambda u: (len(p.node_costs[u]), u))
+        aliases.append(Alias(v, b, tuple((i, j) for i in ok for j in range(len(p.node_costs[b])))))
+    return dataclasses.replace(ip, problem=dataclasses.replace(p, aliases=tuple(aliases)))
+
+
+def zero_rules(method: ZeroParallel, graph: Graph, mesh: LogicalMesh) -> dict[int, Callable[[ShardingSpec], bool]]:
+    """What ZeRO fixes beyond the inputs: the new state is sharded like the old (outputs follow their
+    inputs), and the gradients are all-reduced (stage 1: every device holds all of them) or reduce-scattered
+    onto the shard of the optimizer state that consumes them (stages 2 and 3)."""
+    allow_in = input_filter_for(method, graph, mesh)
+    assert allow_in is not None
+    shard = _all_axes_filter(mesh)
+    rules: dict[int, Callable[[ShardingSpec], bool]] = {}
+    for g in gradient_tensors(graph):
+        t = graph.tensors[g]
+        rules[g] = (lambda spec, t=t: shard(t, spec)) if method.stage >= 2 else (lambda spec: spec.is_replicated)
+    for o, i in state_outputs(graph).items():
+        rules[o] = lambda spec, t=graph.tensors[i]: allow_in(t, spec)
+    return rules
+
+
+def lower_bound(ip: IntraOpProblem) -> float:
+    """A bound no plan of ``ip`` beats: every node's cheapest strategy plus every edge's cheapest entry."""
+    p = ip.problem
+    return float(sum(min(c) for c in p.node_costs) + sum(min(min(r) for r in e.cost) for e in p.edges))
+
+
 def plan_intra_op(graph: Graph, cluster: Any, method: Method, *, memory_budget: float | None = None,
-                  solver: str = "ortools", time_limit_s: float | None = None) -> IntraOpResult:
+                  solver: str = "ortools", time_limit_s: float | None = None,
+                  search_deadline_s: float | None = DEFAULT_SEARCH_DEADLINE_S) -> IntraOpResult:
+    """Plan ``graph`` on the meshes ``method`` allows and keep the fastest predicted plan.
+
+    Meshes are tried 1-D first; a mesh whose ILP lower bound (``lower_bound``) is no better than the best
+    objective so far is pruned without solving (exact). ``time_limit_s`` caps each ILP; once
+    ``search_deadline_s`` has passed (after a first plan exists), the remaining meshes are skipped with a
+    warning and each ILP is capped by the time left. ``search`` in the plan records every mesh's outcome.
+    """
     n = cluster.num_devices
     if isinstance(method, ShardParallel) and method.mesh_shape is not None:
         if math.prod(method.mesh_shape) != n:
@@ -111,13 +208,35 @@ def plan_intra_op(graph: Graph, cluster: Any, method: Method, *, memory_budget: 
     start = time.perf_counter()
     best: tuple[float, IntraOpProblem, Solution, Estimate] | None = None
     tried = []
+    deadline = None if search_deadline_s is None else start + search_deadline_s
+    analysis = analyse_graph(graph)   # mesh-independent (layer ties, replicated peak): once for all meshes
     for shape in shapes:
+        if best is not None and deadline is not None and time.perf_counter() >= deadline:
+            tried.append({"mesh": list(shape), "skipped": f"search_deadline_s={search_deadline_s} reached"})
+            warnings.warn(f"mesh {shape} not planned: the search deadline of {search_deadline_s} s was reached "
+                          "(raise search_deadline_s to try every mesh)", stacklevel=2)
+            continue
+        t_build = time.perf_counter()
         names = AXIS_NAMES[:len(shape)]
         mesh = LogicalMesh(shape, names, cluster.mesh_axes(shape, names))
         ip = build_intra_op(graph, mesh, cluster.device, memory_budget=memory_budget,
-                            input_filter=input_filter_for(method, graph, mesh))
+                            input_filter=input_filter_for(method, graph, mesh),
+                            unfollowed=frozenset(gradient_tensors(graph)) if isinstance(method, ZeroParallel)
+                            else frozenset(), analysis=analysis)
+        if isinstance(method, ZeroParallel):
+            ip = restrict_tensors(ip, zero_rules(method, graph, mesh))
+        build_s = time.perf_counter() - t_build
+        bound = lower_bound(ip)
+        if best is not None and bound >= best[2].objective * (1 + 1e-9):
+            # exact: every plan on this mesh costs at least ``bound``, no better than the best found
+            tried.append({"mesh": list(shape), "pruned_lower_bound": bound, "nodes": ip.stats["nodes"],
+                          "build_time_s": build_s})
+            continue
+        limit = time_limit_s
+        if deadline is not None and best is not None:
+            limit = max(1.0, min(limit, deadline - time.perf_counter()))
         try:
-            sol, est = _solve_within_memory(ip, cluster.device, solver, time_limit_s)
+            sol, est = _solve_within_memory(ip, cluster.device, solver, limit)
         except ValueError as e:
             tried.append({"mesh": list(shape), "error": str(e)})
             if isinstance(e, InfeasibleMemoryError):
@@ -126,8 +245,9 @@ def plan_intra_op(graph: Graph, cluster: Any, method: Method, *, memory_budget: 
                 raise
             continue
         tried.append({"mesh": list(shape), "step_time_s": est.step_time_s, "objective": sol.objective,
-                      "nodes": ip.stats["nodes"], "variables": sol.num_variables, "status": sol.status,
-                      "solve_time_s": sol.solve_time_s})
+                      "nodes": ip.stats["nodes"], "variables": sol.num_variables,
+                      "constraints": sol.num_constraints, "status": sol.status, "lower_bound": bound,
+                      "build_time_s": build_s, "solve_time_s": sol.solve_time_s})
         if best is None or est.step_time_s < best[0] * (1 - 1e-9):
             best = (est.step_time_s, ip, sol, est)
     if best is None:

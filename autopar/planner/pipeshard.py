@@ -1,0 +1,252 @@
+"""Plan a pipelined step for a fixed stage layout: intra-op plans per stage, and the pipeline's Estimate.
+
+Consumes: a Graph traced at the microbatch size, a ClusterSpec, a ``StageLayout`` (which layers each stage
+holds, how many devices it gets and its logical mesh) and the schedule options. Produces: ``StagedResult``
+(the multi-stage ``Plan`` and the ``StageSplit``). Each stage's forward, backward and update ops are planned as
+one intra-op problem on the stage's sub-mesh (so the values its programs share agree); the stage costs come
+from the intra-op estimate, never from compiling or profiling.
+
+Estimate: per-microbatch stage time tᵢ = the stage's time without its update ops; step time =
+Σ tᵢ + (m − 1)·max tᵢ + the slowest update; peak memory per stage = its one-microbatch peak + the activations
+of the other microbatches it keeps in flight (the schedule's count; a rematerialized stage keeps only its
+inputs) + one more copy of the averaged gradients when m > 1.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from autopar.cost_models.cluster import ClusterSpec
+from autopar.ir.graph import Graph, Role
+from autopar.ir.subgraph import Subgraph, extract
+from autopar.methods import ShardParallel
+from autopar.pipeline.partition import BACKWARD, FORWARD, StageSplit, split_stages
+from autopar.pipeline.schedule import bubble_of, in_flight, pipeline_time
+from autopar.plan import Estimate, Plan, StagePlan
+from autopar.planner.problem import InfeasibleMemoryError, format_bytes
+from autopar.planner.shard_parallel import IntraOpResult, fixed_tensors, graph_fingerprint, plan_intra_op
+from autopar.sharding.spec import ShardingSpec
+
+
+@dataclass(frozen=True)
+class StageLayout:
+    layer_ranges: tuple[tuple[int, int], ...]       # [first, last) layer of each stage
+    device_counts: tuple[int, ...]
+    logical_meshes: tuple[tuple[int, ...] | None, ...]  # None: search the factorisations
+    remat: tuple[bool, ...]
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.layer_ranges)
+
+    def layer_stage(self) -> dict[int, int]:
+        return {layer: s for s, (a, b) in enumerate(self.layer_ranges) for layer in range(a, b)}
+
+
+@dataclass(frozen=True)
+class StagedResult:
+    plan: Plan
+    split: StageSplit
+    stages: tuple[IntraOpResult, ...]
+
+
+def submesh_cluster(cluster: ClusterSpec, n: int) -> ClusterSpec:
+    """The part of ``cluster`` a stage of ``n`` devices runs on (within one node, or whole nodes)."""
+    dpn = cluster.devices_per_node
+    if n <= dpn:
+        if dpn % n:
+            raise ValueError(f"a stage of {n} devices does not divide a node of {dpn}; use a power of two or "
+                             "a divisor of the node size")
+        return ClusterSpec(name=cluster.name, device=cluster.device, nodes=1, devices_per_node=n,
+                           links=cluster.links)
+    if n % dpn:
+        raise ValueError(f"a stage of {n} devices spans part of a node ({dpn} per node); use whole nodes")
+    return ClusterSpec(name=cluster.name, device=cluster.device, nodes=n // dpn, devices_per_node=dpn,
+                       links=cluster.links)
+
+
+def stage_subgraph(split: StageSplit, stage: int) -> Subgraph:
+    g = split.graph
+
+    def role(t: Any) -> Role:
+        if t.role is not Role.INTERMEDIATE:
+            return t.role
+        return Role.BATCH if t.id in split.batch_dependent else Role.PARAMETER
+
+    return extract(g, split.stage_ops(stage), input_role=role)
+
+
+def plan_stages(graph: Graph, cluster: ClusterSpec, layout: StageLayout, *, num_microbatches: int,
+                schedule: str, op_layer: Sequence[int | None] | None = None, memory_budget: float | None = None,
+                solver: str = "ortools", time_limit_s: float | None = None, method_name: str = "pipeshard",
+                method_options: dict[str, Any] | None = None) -> StagedResult:
+    start = time.perf_counter()
+    if sum(layout.device_counts) > cluster.num_devices:
+        raise ValueError(f"the stages use {sum(layout.device_counts)} devices but the cluster has "
+                         f"{cluster.num_devices}")
+    split = split_stages(graph, layout.layer_stage(), layout.num_stages, op_layer=op_layer)
+    results, stage_plans, mb_times, apply_times, peaks = [], [], [], [], []
+    offset = 0
+    m = num_microbatches
+    for s in range(layout.num_stages):
+        n = layout.device_counts[s]
+        sub = stage_subgraph(split, s)
+        res = plan_intra_op(sub.graph, submesh_cluster(cluster, n), ShardParallel(mesh_shape=layout.logical_meshes[s]),
+                            memory_budget=memory_budget, solver=solver, time_limit_s=time_limit_s)
+        results.append(res)
+        specs = _parent_specs(sub, res)
+        apply_t = _apply_compute(res, split, sub)
+        est = res.plan.estimate
+        keep = in_flight(schedule, layout.num_stages, m, s)
+        stash = _stash_bytes(split, s, specs, res, layout.remat[s])
+        extra_acc = _averaged_bytes(split, s, specs, res) if m > 1 else 0.0
+        peak = est.peak_memory_bytes + max(keep - 1, 0) * stash + extra_acc
+        mb_times.append(max(est.step_time_s - apply_t, 0.0))
+        apply_times.append(apply_t)
+        peaks.append(peak)
+        stage_est = Estimate(step_time_s=est.step_time_s - apply_t, compute_time_s=est.compute_time_s - apply_t,
+                             comm_time_s=est.comm_time_s, bubble_fraction=0.0, flops=est.flops, mfu=est.mfu,
+                             peak_memory_bytes=peak, comm_bytes=dict(est.comm_bytes),
+                             collective_counts=dict(est.collective_counts))
+        stage_plans.append(_stage_plan(s, sub, res, specs, tuple(range(offset, offset + n)), stage_est, split))
+        offset += n
+    limit = memory_budget if memory_budget is not None else float(cluster.device.memory_bytes)
+    if max(peaks) > limit:
+        worst = max(range(len(peaks)), key=peaks.__getitem__)
+        raise InfeasibleMemoryError(
+            f"stage {worst} needs {format_bytes(peaks[worst])} per device with {m} microbatches in a "
+            f"{schedule} schedule, over the {'budget' if memory_budget is not None else 'device memory'} of "
+            f"{format_bytes(limit)}: use more stages, rematerialized stages (remat=True) or the 1f1b schedule",
+            peaks[worst], limit)
+    estimate = _pipeline_estimate(graph, split, results, mb_times, apply_times, peaks, m)
+    options = dict(method_options or {})
+    options.update({"num_microbatches": m, "schedule": schedule,
+                    "stage_layers": [list(r) for r in layout.layer_ranges],
+                    "remat": list(layout.remat)})
+    search = {"search_time_s": time.perf_counter() - start, "solver": solver,
+              "stages": [dict(r.plan.search) for r in results]}
+    plan = Plan(method=method_name, method_options=options, mesh_shape=(sum(layout.device_counts),),
+                axis_names=("devices",), cluster=cluster.to_dict(), stages=tuple(stage_plans), estimate=estimate,
+                graph_fingerprint=graph_fingerprint(graph), search=search)
+    return StagedResult(plan=plan, split=split, stages=tuple(results))
+
+
+def _parent_specs(sub: Subgraph, res: IntraOpResult) -> dict[int, ShardingSpec]:
+    specs = res.intra.tensor_specs(res.solution.choices)
+    return {sub.parent_tensor[t]: s for t, s in specs.items()}
+
+
+def _apply_compute(res: IntraOpResult, split: StageSplit, sub: Subgraph) -> float:
+    ip, choices = res.intra, res.solution.choices
+    total = 0.0
+    for v, node in enumerate(ip.nodes):
+        if node.kind == "op" and sub.parent_op[node.key] not in split.microbatched:
+            total += ip.compute_costs[v][choices[v]]
+    return total
+
+
+def _bytes(split: StageSplit, tids: Sequence[int], specs: dict[int, ShardingSpec], res: IntraOpResult) -> float:
+    g, mesh = split.graph, res.intra.mesh
+    total = 0.0
+    for t in tids:
+        tt = g.tensors[t]
+        spec = specs.get(t)
+        total += tt.nbytes if spec is None else spec.bytes_per_device(tt.shape, tt.dtype, mesh)
+    return float(total)
+
+
+def _stash_bytes(split: StageSplit, s: int, specs: dict[int, ShardingSpec], res: IntraOpResult,
+                 remat: bool) -> float:
+    """Bytes one in-flight microbatch keeps on stage ``s`` between its forward and backward."""
+    g = split.graph
+    fwd = next((p for p in split.pieces if p.stage == s and p.phase == FORWARD), None)
+    bwd = next((p for p in split.pieces if p.stage == s and p.phase == BACKWARD), None)
+    if fwd is None or bwd is None:
+        return 0.0
+    f_ops, b_ops = set(fwd.ops), set(bwd.ops)
+    if remat:
+        made = {t for o in f_ops for t in g.ops[o].outputs}
+        kept = {t for o in f_ops for t in g.ops[o].inputs
+                if t not in made and t in split.batch_dependent and g.tensors[t].role is not Role.CONSTANT}
+    else:
+        kept = {t for o in b_ops for t in g.ops[o].inputs
+                if g.tensors[t].producer in f_ops and t in split.batch_dependent}
+    return _bytes(split, sorted(kept), specs, res)
+
+
+def _averaged_bytes(split: StageSplit, s: int, specs: dict[int, ShardingSpec], res: IntraOpResult) -> float:
+    mine = [t for t in split.averaged if split.op_stage[split.graph.tensors[t].producer] == s]
+    return _bytes(split, mine, specs, res)
+
+
+def _pipeline_estimate(graph: Graph, split: StageSplit, results: Sequence[IntraOpResult],
+                       mb_times: list[float], apply_times: list[float], peaks: list[float], m: int) -> Estimate:
+    from autopar.ir.flops import op_flops
+
+    step = pipeline_time(mb_times, m) + max(apply_times, default=0.0)
+    mb_flops = sum(op_flops(graph, graph.ops[o]) for o in split.microbatched)
+    flops = mb_flops * m + sum(op_flops(graph, op) for op in graph.ops if op.id not in split.microbatched)
+    comm: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
+    for r in results:
+        comm.update({k: v * m for k, v in r.plan.estimate.comm_bytes.items()})
+        counts.update({k: v * m for k, v in r.plan.estimate.collective_counts.items()})
+    compute = sum(r.plan.estimate.compute_time_s for r in results) * m
+    comm_t = sum(r.plan.estimate.comm_time_s for r in results) * m
+    mfu = _mfu(results, flops, step)
+    return Estimate(step_time_s=step, compute_time_s=compute, comm_time_s=comm_t,
+                    bubble_fraction=bubble_of(mb_times, m), flops=flops, mfu=mfu,
+                    peak_memory_bytes=max(peaks), comm_bytes=dict(comm), collective_counts=dict(counts))
+
+
+def _mfu(results: Sequence[IntraOpResult], flops: float, step: float) -> float:
+    """Achieved flops over the peak of every device in the plan."""
+    peak = 0.0
+    for r in results:
+        e = r.plan.estimate
+        if e.mfu > 0 and e.step_time_s > 0:
+            peak += e.flops / (e.mfu * e.step_time_s)     # the stage's devices' combined peak
+    return flops / (step * peak) if step > 0 and peak > 0 else 0.0
+
+
+def _stage_plan(s: int, sub: Subgraph, res: IntraOpResult, specs: dict[int, ShardingSpec],
+                devices: tuple[int, ...], est: Estimate, split: StageSplit) -> StagePlan:
+    g = sub.graph
+    rep = lambda t: ShardingSpec.replicated(len(g.tensors[t].shape)).dims  # noqa: E731
+    local = res.intra.tensor_specs(res.solution.choices)
+    spec_of = lambda t: local[t].dims if t in local else rep(t)  # noqa: E731
+    fixed = set(fixed_tensors(res.intra))
+    op_specs = []
+    for o in range(len(g.ops)):
+        outs = g.ops[o].outputs
+        if any(t in fixed for t in outs):
+            op_specs.append((sub.parent_op[o], tuple(spec_of(t) for t in outs)))
+    mesh = res.intra.mesh
+    return StagePlan(name=f"stage{s}", mesh_shape=mesh.shape, axis_names=mesh.axis_names, devices=devices,
+                     input_specs=tuple((g.tensors[t].name, spec_of(t)) for t in g.inputs),
+                     output_specs=tuple(spec_of(t) for t in g.outputs), op_specs=tuple(op_specs), estimate=est)
+
+
+def stage_specs(plan: Plan, split: StageSplit) -> tuple[list[dict[int, ShardingSpec]], list[set[int]]]:
+    """Per stage: the spec of every parent tensor it touches and the pinned ones (for emission/replay)."""
+    g = split.graph
+    all_specs, all_fixed = [], []
+    for s, st in enumerate(plan.stages):
+        sub = stage_subgraph(split, s)
+        specs: dict[int, ShardingSpec] = {}
+        for t, (name, spec) in zip(sub.graph.inputs, st.input_specs):
+            specs[sub.parent_tensor[t]] = ShardingSpec(spec)
+        for t, spec in zip(sub.graph.outputs, st.output_specs):
+            specs.setdefault(sub.parent_tensor[t], ShardingSpec(spec))
+        fixed: set[int] = set()
+        for op_id, outs in st.op_specs:
+            for t, spec in zip(g.ops[op_id].outputs, outs):
+                specs[t] = ShardingSpec(spec)
+                fixed.add(t)
+        all_specs.append(specs)
+        all_fixed.append(fixed)
+    return all_specs, all_fixed
+
