@@ -3,10 +3,16 @@
 A Plan records the method, the logical mesh, the cluster it was planned for, one entry per stage (its mesh,
 the sharding of every input and output, the shardings fixed on intermediate values) and the predicted
 Estimate. ``docs/plan_format.md`` documents the schema; ``SCHEMA_VERSION`` changes when it does.
+
+Identity: the ``search`` record holds wall-clock timings (``WALL_CLOCK_KEYS``), which differ on every run
+even when the plan is the same. They are kept in saved files but are not part of a plan's identity:
+``==``, ``hash``, ``Plan.fingerprint()`` and ``to_json(include_timings=False)`` leave them out, so the same
+program planned for the same cluster gives equal plans and the same fingerprint on every process.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -15,6 +21,11 @@ from typing import Any, Mapping
 SCHEMA_VERSION = 1
 
 Spec = tuple[tuple[str, ...], ...]  # per tensor dimension, the mesh axes splitting it
+
+# Keys, at any depth of ``Plan.search``, whose values are wall-clock measurements (not deterministic). A
+# planner that records another timing in ``search`` names its key here, or plans stop comparing equal.
+WALL_CLOCK_KEYS: frozenset[str] = frozenset({"search_time_s", "build_time_s", "solve_time_s", "trace_time_s",
+                                              "layer_time_s", "dp_time_s", "stage_plan_time_s"})
 
 
 @dataclass(frozen=True)
@@ -88,8 +99,30 @@ class Plan:
     search: Mapping[str, Any] = field(default_factory=dict)   # search time, ILP size, solver, candidates
     schema_version: int = SCHEMA_VERSION
 
+    # ---- identity -----------------------------------------------------------------------------------
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Plan):
+            return NotImplemented
+        return self.canonical_json() == other.canonical_json()
+
+    def __hash__(self) -> int:
+        return hash(self.canonical_json())
+
+    def canonical_json(self) -> str:
+        """The plan without its wall-clock timings as compact JSON with sorted keys: the text that ``==``
+        compares and ``fingerprint`` hashes (tuples and lists, as after a save and load, read the same)."""
+        return json.dumps(self.to_dict(include_timings=False), sort_keys=True, separators=(",", ":"))
+
+    def fingerprint(self) -> str:
+        """16 hex digits of a SHA-256 over ``canonical_json()``: the same on every process and run for the
+        same plan; a different value means a different plan."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
     # ---- serialization ----------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, include_timings: bool = True) -> dict[str, Any]:
+        """The schema of ``docs/plan_format.md``; ``include_timings=False`` drops ``WALL_CLOCK_KEYS`` from
+        ``search`` (what is left is deterministic)."""
+        search = dict(self.search) if include_timings else _without_timings(self.search)
         return {
             "schema_version": self.schema_version,
             "method": self.method,
@@ -99,11 +132,12 @@ class Plan:
             "stages": [s.to_dict() for s in self.stages],
             "estimate": self.estimate.to_dict(),
             "graph_fingerprint": self.graph_fingerprint,
-            "search": dict(self.search),
+            "search": search,
         }
 
-    def to_json(self, indent: int | None = 1) -> str:
-        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
+    def to_json(self, indent: int | None = 1, include_timings: bool = True) -> str:
+        """``to_dict`` as JSON; with ``include_timings=False`` the same plan gives the same text everywhere."""
+        return json.dumps(self.to_dict(include_timings=include_timings), indent=indent, sort_keys=False)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Plan":
@@ -144,3 +178,12 @@ def _spec_to_json(spec: Spec) -> list[list[str]]:
 
 def _spec_from_json(spec: list[list[str]]) -> Spec:
     return tuple(tuple(axes) for axes in spec)
+
+
+def _without_timings(value: Any) -> Any:
+    """A copy of ``value`` (nested dicts and lists) without any ``WALL_CLOCK_KEYS`` entry."""
+    if isinstance(value, Mapping):
+        return {k: _without_timings(v) for k, v in value.items() if k not in WALL_CLOCK_KEYS}
+    if isinstance(value, (list, tuple)):
+        return [_without_timings(v) for v in value]
+    return value

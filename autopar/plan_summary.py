@@ -1,4 +1,7 @@
-"""Human-readable text of a Plan (the CLI inspector renders richer tables from the same data)."""
+"""Human-readable text of a Plan (the CLI inspector renders richer tables from the same data).
+
+Consumes a ``Plan``; produces lines of text headed by the plan's ``fingerprint()`` (its identity without
+wall-clock timings, see docs/plan_format.md). Refuses nothing: absent search fields print as ``?``."""
 
 from __future__ import annotations
 
@@ -19,14 +22,16 @@ def plan_summary(plan: "Plan", max_inputs: int = 12) -> str:
     e = plan.estimate
     mesh = " x ".join(f"{n}={s}" for n, s in zip(plan.axis_names, plan.mesh_shape))
     lines = [
-        f"autopar plan: method {plan.method}, mesh {mesh}, cluster {plan.cluster.get('name', '?')} "
+        f"autopar plan {plan.fingerprint()}: method {plan.method}, mesh {mesh}, "
+        f"cluster {plan.cluster.get('name', '?')} "
         f"({plan.cluster.get('nodes', '?')} node(s) x {plan.cluster.get('devices_per_node', '?')})",
         f"  step {e.step_time_s * 1e3:.3f} ms = compute {e.compute_time_s * 1e3:.3f} ms + communication "
         f"{e.comm_time_s * 1e3:.3f} ms; bubble {e.bubble_fraction:.1%}; MFU {e.mfu:.1%}",
         f"  peak memory per device {human_bytes(e.peak_memory_bytes)}; flops {e.flops:.3e}",
     ]
     if e.comm_bytes:
-        coll = ", ".join(f"{k} x{e.collective_counts.get(k, 0)} {human_bytes(v)}" for k, v in sorted(e.comm_bytes.items()))
+        coll = ", ".join(f"{k} x{e.collective_counts.get(k, 0)} {human_bytes(v)}"
+                         for k, v in sorted(e.comm_bytes.items()))
         lines.append(f"  collectives per device: {coll}")
     search = plan.search or {}
     if "search_time_s" in search:

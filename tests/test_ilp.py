@@ -179,3 +179,78 @@ def test_validation_names_the_edge() -> None:
         ShardingProblem(("a",), ((math.inf,),))
     with pytest.raises(ValueError, match="backend"):
         solve(ShardingProblem(("a",), ((0.0,),)), backend="gurobi")
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems())
+def test_lp_lower_bound_is_below_the_optimum(p: ShardingProblem) -> None:
+    """The LP relaxation bound never exceeds the best plan (any budget: the bound drops the memory rows)."""
+    from autopar.planner.ilp import lp_lower_bound
+
+    bound = lp_lower_bound(p)
+    assert bound is not None
+    relaxed = ShardingProblem(p.node_names, p.node_costs, p.edges, p.memory, (), None, p.aliases, p.fixed)
+    kind, sol = _outcome(lambda: brute_force(relaxed))
+    if kind == "contradiction":
+        assert bound == math.inf
+        return
+    assert bound <= sol.objective + TOL
+    if not p.aliases and not p.fixed:   # and it is at least the node-min + edge-min bound
+        cheap = sum(min(c) for c in p.node_costs) + sum(min(min(r) for r in e.cost) for e in p.edges)
+        assert bound >= cheap - 1e-6 * max(1.0, abs(cheap))
+
+
+def test_hint_is_a_floor_under_a_time_limit() -> None:
+    """A warm start that fits is never lost: a time-limited solve returns a plan at least as good."""
+    p = _random_problem(150, 8, 400, seed=1)
+    greedy = solve(p, time_limit_s=0.2, presolve=False)
+    optimal_ish = solve(p, time_limit_s=3.0, presolve=False)   # a better plan than 0.2 s finds, as a hint
+    assert optimal_ish.objective <= greedy.objective
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for presolve in (False, True):
+            sol = solve(p, time_limit_s=1e-3, presolve=presolve, hint=optimal_ish.choices)
+            assert sol.objective <= optimal_ish.objective + TOL
+            assert sol.objective == pytest.approx(evaluate(p, sol.choices))
+
+
+def test_hint_does_not_change_the_optimum() -> None:
+    p = _random_problem(8, 4, 14, seed=3)
+    want = brute_force(p)
+    worst = tuple(max(range(len(c)), key=lambda s, c=c: c[s]) for c in p.node_costs)
+    sol = solve(p, hint=worst)
+    assert sol.status == "optimal"
+    assert sol.objective == pytest.approx(want.objective, abs=TOL)
+
+
+def test_hint_of_wrong_size_is_refused() -> None:
+    p = _random_problem(5, 3, 4, seed=0)
+    with pytest.raises(ValueError, match="hint must give one strategy index per node"):
+        solve(p, hint=(0,) * 4)
+    with pytest.raises(ValueError, match="hint must give one strategy index per node"):
+        solve(p, hint=(99,) * 5)
+
+
+def test_dominance_sweep_matches_pairwise_definition() -> None:
+    """``_dominated`` (vectorised, chunked) against the one-by-one sweep it replaced, ties included."""
+    import numpy as np
+
+    from autopar.planner import simplify
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        k, f = int(rng.integers(1, 9)), int(rng.integers(1, 5))
+        feat = rng.integers(0, 3, size=(k, f)).astype(float)
+        feat[rng.random((k, f)) < 0.1] = np.inf
+        keep = np.ones(k, dtype=bool)
+        for s in range(k):
+            for t in range(k):
+                if t != s and keep[t] and (feat[t] <= feat[s]).all() and (t < s or (feat[t] < feat[s]).any()):
+                    keep[s] = False
+                    break
+        old = simplify._DOMINANCE_CHUNK
+        simplify._DOMINANCE_CHUNK = 1 if trial % 2 else old   # one candidate row per step, and all at once
+        try:
+            assert (~simplify._dominated(feat) == keep).all(), feat
+        finally:
+            simplify._DOMINANCE_CHUNK = old

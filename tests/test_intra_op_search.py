@@ -48,3 +48,80 @@ def test_search_deadline_keeps_the_first_plan_and_warns() -> None:
     assert "step_time_s" in meshes[0] and tuple(meshes[0]["mesh"]) == (8,)
     assert all("skipped" in m for m in meshes[1:]) and len(meshes) == len(mesh_candidates(8))
     assert res.plan.mesh_shape == (8,)
+
+
+def test_shared_analysis_and_caches_build_the_same_problem() -> None:
+    """``analyse_graph`` once for all meshes, and the per-build caches keyed by layer ties, give the very
+    problem an untied, uncached build gives where no ties apply (a 2-layer MLP has none to exploit)."""
+    from autopar.planner.intra_op import analyse_graph
+
+    graph = _graph()
+    cluster = autopar.ClusterSpec.preset("dgx-a100")
+    analysis = analyse_graph(graph)
+    for shape, names in (((8,), ("x",)), ((2, 4), ("x", "y"))):
+        mesh = LogicalMesh(shape, names, cluster.mesh_axes(shape, names))
+        shared = build_intra_op(graph, mesh, cluster.device, analysis=analysis)
+        fresh = build_intra_op(graph, mesh, cluster.device)
+        assert shared.problem == fresh.problem
+        assert shared.peak_point == fresh.peak_point
+
+
+def test_axis_embedding_groups_consecutive_axes() -> None:
+    from autopar.planner.shard_parallel import axis_embedding
+
+    m = lambda *shape: LogicalMesh(shape, ("x", "y", "z")[:len(shape)])  # noqa: E731
+    assert axis_embedding(m(8), m(2, 4)) == {"x": ("x", "y")}
+    assert axis_embedding(m(8), m(2, 2, 2)) == {"x": ("x", "y", "z")}
+    assert axis_embedding(m(4, 2), m(2, 2, 2)) == {"x": ("x", "y"), "y": ("z",)}
+    assert axis_embedding(m(2, 4), m(2, 2, 2)) == {"x": ("x",), "y": ("y", "z")}
+    assert axis_embedding(m(2, 4), m(4, 2)) is None
+    assert axis_embedding(m(2, 4), m(8)) is None
+
+
+def test_embedded_one_axis_plan_keeps_every_tensor_layout() -> None:
+    """The 1-D plan embedded into 2x4 splits every tensor as on (8,), over ("x", "y") in mesh order, and
+    costs what the 1-D plan costs there; a hinted time-limited solve never does worse."""
+    import warnings
+
+    from autopar.planner.ilp import solve
+    from autopar.planner.problem import evaluate
+    from autopar.planner.shard_parallel import embed_choices
+    from autopar.sharding.spec import ShardingSpec
+
+    graph = _graph()
+    cluster = autopar.ClusterSpec.preset("dgx-a100")
+    ips = {}
+    for shape, names in (((8,), ("x",)), ((2, 4), ("x", "y"))):
+        ips[shape] = build_intra_op(graph, LogicalMesh(shape, names, cluster.mesh_axes(shape, names)),
+                                    cluster.device)
+    one = solve(ips[(8,)].problem)
+    hint = embed_choices(ips[(8,)], one.choices, ips[(2, 4)])
+    assert hint is not None
+    src, dst = ips[(8,)].tensor_specs(one.choices), ips[(2, 4)].tensor_specs(hint)
+    assert src.keys() == dst.keys()
+    for t, spec in src.items():
+        assert dst[t] == ShardingSpec(tuple(("x", "y") if d == ("x",) else () for d in spec.dims)), t
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sol = solve(ips[(2, 4)].problem, time_limit_s=1e-3, hint=hint)
+    assert sol.objective <= evaluate(ips[(2, 4)].problem, hint) + 1e-12
+
+
+def test_reshard_cost_scaled_from_spec_pair_equals_direct() -> None:
+    """The builder computes each spec pair's resharding steps once and scales them to every shape: exact."""
+    from autopar.planner.intra_op import _CostCache, candidate_specs
+    from autopar.sharding.reshard import reshard_steps
+
+    cluster = autopar.ClusterSpec.preset("dgx-a100")
+    mesh = LogicalMesh((2, 2, 2), ("x", "y", "z"), cluster.mesh_axes((2, 2, 2), ("x", "y", "z")))
+    cache = _CostCache(mesh)
+    shapes = [(8, 16), (24, 8), (64, 1024)]   # same rank: later shapes reuse the first one's steps
+    checked = 0
+    for shape in shapes:
+        specs = candidate_specs(shape, mesh)
+        for a in specs[::3]:
+            for b in specs[::2]:
+                want = sum(cache.collective(s) for s in reshard_steps(a, b, shape, "float32", mesh))
+                assert cache.reshard(a, b, shape, "float32") == pytest.approx(want, rel=1e-12, abs=0.0)
+                checked += 1
+    assert checked > 100 and len(cache._template) > 10

@@ -3,10 +3,11 @@
 For the bench tiny models (gpt, moe, wresnet, mlp, llama) and every ``FRAMEWORK_STEPS`` entry, on meshes
 (8,), (2, 4) and (4, 2): two consecutive training steps (outputs fed back in) match ``jax.jit`` in fp32
 (max relative error <= 1e-5 on the loss and every parameter / optimizer-state leaf; relative =
-max|diff| / max|ref|). Also: ``get_plan`` returns the plan in use; a saved plan replays with no search;
-DataParallel and ZeroParallel(3) run correctly with the shardings they promise; donation works; bad input
-gets clear errors. Default run: mlp_tiny and gpt_tiny on (2, 4) and one framework step on (8,); the rest is
-``-m slow`` (planning on a 2-D mesh takes 10-30 s per model on a small shared machine).
+max|diff| / max|ref|, except where Adam makes an element's step ill-conditioned: see ``R_ILL``). Also:
+``get_plan`` returns the plan in use; a saved plan replays with no search; DataParallel and ZeroParallel(3)
+run correctly with the shardings they promise; donation works; bad input gets clear errors. Default run:
+mlp_tiny and gpt_tiny on (2, 4) and one framework step on (8,); the rest is ``-m slow`` (planning
+on a 2-D mesh takes 10-30 s per model on a small shared machine).
 """
 
 from __future__ import annotations

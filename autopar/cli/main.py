@@ -16,9 +16,15 @@ from typing import Sequence
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
-# subcommand name -> module implementing it. Later: inspect, audit, show, diff, bench, run.
+# subcommand name -> module implementing it.
 SUBCOMMANDS: dict[str, str] = {
     "calibrate": "autopar.cli.calibrate",
+    "inspect": "autopar.cli.inspect",
+    "show": "autopar.cli.show",
+    "diff": "autopar.cli.diff",
+    "audit": "autopar.cli.audit",
+    "run": "autopar.cli.run",
+    "bench": "autopar.cli.bench",
 }
 
 

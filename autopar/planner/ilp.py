@@ -16,7 +16,10 @@ folded away by the reductions).
 
 Backend "ortools" is OR-Tools' MIP interface (pywraplp) with SCIP, single-threaded and deterministic, on the
 float model, started from a greedy hint (each node's cheapest strategy) so a time limit always leaves an
-incumbent when the hint fits the memory budget. It was picked over CP-SAT by measurement (see
+incumbent when the hint fits the memory budget. A caller's ``hint`` (a warm start: another mesh's plan
+embedded, see ``shard_parallel.embed_choices``) replaces it when cheaper, after coordinate-descent polishing
+(``_polish``); a hint that fits is also a floor: a time-limited solve returns it when the solver found
+nothing better. ``time_limit_s`` bounds the whole call (reductions and model building included). It was picked over CP-SAT by measurement (see
 ``bench/ilp_scaling.py``): on a 14-node random problem SCIP 0.14 s vs CP-SAT 1.4 s; CP-SAT found no
 incumbent in 0.5 s where SCIP starts from the hint. Backend "pulp" is PuLP's bundled CBC (one thread).
 Backend "ortools-cpsat" (CP-SAT, one worker, seed 0) is kept for comparison. CP-SAT needs integers: every
@@ -34,7 +37,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -43,6 +46,9 @@ from autopar.planner.problem import (InfeasibleMemoryError, ShardingProblem, Sol
 from autopar.planner.simplify import Reduced, reduce
 
 BACKENDS = ("ortools", "pulp", "ortools-cpsat")
+# ``time_limit_s`` covers the whole ``solve`` (reductions and model building too); the solver itself gets
+# what is left of it, but at least this many seconds (or the whole limit, if shorter).
+MIN_SOLVER_S = 0.1
 _CPSAT_RESOLUTION = 2.0**30
 
 
@@ -54,6 +60,7 @@ class _Model:
     rows: list[tuple[list[int], list[float], float, float]] = field(default_factory=list)
     continuous: dict[int, tuple[float, float]] = field(default_factory=dict)
     hint: dict[int, int] = field(default_factory=dict)  # a greedy start (may violate memory rows)
+    constant: float = 0.0                                # objective offset folded out of the variables
 
     def var(self, cost: float = 0.0) -> int:
         self.obj.append(float(cost))
@@ -70,12 +77,21 @@ class _Raw:
 
 
 def solve(problem: ShardingProblem, backend: str = "ortools", time_limit_s: float | None = None,
-          presolve: bool = True) -> Solution:
+          presolve: bool = True, hint: Sequence[int] | None = None) -> Solution:
     """Optimal strategy per node (see the module docstring for the formulation and the backends).
 
     ``presolve=False`` skips the folding, dominance and elimination reductions (tests use it to check the
     raw formulation); fixed shardings, aliases and parallel edges are still merged.
+
+    ``hint``: a strategy per node (a warm start, e.g. a plan of another mesh embedded into this one). It is
+    polished (``_polish``) and given to the solver as its start; when it satisfies fixed shardings, aliases
+    and the memory budget, the result is never worse than it, even when ``time_limit_s`` stops the search.
     """
+    if hint is not None:
+        hint = tuple(int(h) for h in hint)
+        if len(hint) != problem.num_nodes or any(not 0 <= h < len(c) for h, c in zip(hint, problem.node_costs)):
+            raise ValueError(f"hint must give one strategy index per node ({problem.num_nodes} nodes), each "
+                             "within that node's strategies; got an out-of-range or wrongly sized hint")
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is unknown; use one of {BACKENDS}")
     if time_limit_s is not None and not time_limit_s > 0:
@@ -85,7 +101,7 @@ def solve(problem: ShardingProblem, backend: str = "ortools", time_limit_s: floa
         # Memory rows pin their nodes against elimination and make the model much harder. Solve without
         # them first: when that optimum fits the budget it is the constrained optimum too.
         free = solve(dataclasses.replace(problem, memory_budget=None, memory_groups=()), backend,
-                     time_limit_s, presolve)
+                     time_limit_s, presolve, hint)
         if is_feasible(problem, free.choices):
             return dataclasses.replace(free, solve_time_s=time.perf_counter() - start,
                                        peak_group_memory=peak_group_memory(problem, free.choices),
@@ -94,25 +110,97 @@ def solve(problem: ShardingProblem, backend: str = "ortools", time_limit_s: floa
     if red is None:
         _raise_infeasible(problem, backend, time_limit_s)
     assert red is not None
-    model, xvars = _build(problem, red)
-    raw = _run(backend, model, time_limit_s) if model.obj else _Raw("optimal", [])
+    start_local = _start(red, hint)
+    model, xvars = _build(problem, red, start_local)
+    left = None if time_limit_s is None else max(min(MIN_SOLVER_S, time_limit_s),
+                                                 time_limit_s - (time.perf_counter() - start))
+    raw = _run(backend, model, left) if model.obj else _Raw("optimal", [])
+    # the polished start, expanded (eliminated nodes at their best): a plan whenever it is feasible
+    warm = red.expand(start_local) if hint is not None else None
+    if warm is not None and not is_feasible(problem, warm):
+        warm = None
     if raw.status == "infeasible":
         _raise_infeasible(problem, backend, time_limit_s)
-    if raw.values is None:
+    if raw.values is None and warm is None:
         raise RuntimeError(f"the {backend} solver found no plan within time_limit_s={time_limit_s}; "
                            "raise time_limit_s or pass None")
-    local = {v: next((k for k, x in enumerate(xs) if raw.values[x] > 0), 0) for v, xs in xvars.items()}
-    choices = red.expand(local)
-    status = "optimal" if raw.status == "optimal" else "feasible"
+    notes: tuple[str, ...] = ()
+    if raw.values is not None:
+        local = {v: next((k for k, x in enumerate(xs) if raw.values[x] > 0), 0) for v, xs in xvars.items()}
+        choices = red.expand(local)
+        status = "optimal" if raw.status == "optimal" else "feasible"
+    if warm is not None and (raw.values is None or
+                             (status == "feasible" and evaluate(problem, warm) < evaluate(problem, choices))):
+        choices, status, notes = warm, "feasible", ("kept the warm start: the solver found nothing better",)
     if status == "feasible":
         warnings.warn(f"the {backend} solver stopped at time_limit_s={time_limit_s} before proving optimality; "
                       "the sharding plan may be suboptimal (raise time_limit_s for an optimal plan)", stacklevel=2)
     return Solution(choices, evaluate(problem, choices), status, backend, time.perf_counter() - start,
                     len(model.obj), len(model.rows), peak_group_memory(problem, choices),
-                    notes=(f"reduced to {sum(red.alive)} of {problem.num_nodes} nodes, {len(red.edges)} edges",))
+                    notes=(f"reduced to {sum(red.alive)} of {problem.num_nodes} nodes, {len(red.edges)} edges",)
+                    + notes)
 
 
-def _build(p: ShardingProblem, red: Reduced) -> tuple[_Model, dict[int, list[int]]]:
+def _start(red: Reduced, hint: Sequence[int] | None) -> dict[int, int]:
+    """A start for the alive nodes, in local strategy indices: the greedy one (each node's cheapest); with a
+    ``hint``, the cheaper (the hint on ties) of the greedy one and the hint (strategies the reductions removed
+    replaced by their best given the others), each polished by ``_polish``."""
+    greedy = {v: int(np.argmin(red.cost[v])) for v in red.nodes()}
+    if hint is None:
+        return greedy
+    greedy = _polish(red, greedy)
+    local, missing = {}, []
+    for v in red.nodes():
+        where = np.nonzero(red.allowed[v] == hint[v])[0]
+        if len(where):
+            local[v] = int(where[0])
+        else:
+            local[v] = int(np.argmin(red.cost[v]))
+            missing.append(v)
+    local = _polish(red, local, first=missing)
+    return local if _reduced_value(red, local) <= _reduced_value(red, greedy) else greedy
+
+
+POLISH_ROUNDS = 50
+
+
+def _polish(red: Reduced, local: dict[int, int], first: Sequence[int] = ()) -> dict[int, int]:
+    """Coordinate descent: each node in turn (``first`` first, then all) takes its best strategy given its
+    neighbours' current ones, until no node changes (at most ``POLISH_ROUNDS`` rounds). Never raises the
+    reduced objective."""
+    local = dict(local)
+    nbrs: dict[int, list[tuple[int, np.ndarray]]] = {v: [] for v in local}
+    for (u, v), mat in red.edges.items():
+        nbrs[u].append((v, mat))
+        nbrs[v].append((u, mat.T))
+
+    def best(v: int) -> bool:
+        tot = red.cost[v].copy()
+        for u, mat in nbrs[v]:
+            tot += mat[:, local[u]]
+        k = int(np.argmin(tot))
+        if tot[k] < tot[local[v]]:
+            local[v] = k
+            return True
+        return False
+
+    for v in first:
+        best(v)
+    for _ in range(POLISH_ROUNDS):
+        if not any([best(v) for v in local]):
+            break
+    return local
+
+
+def _reduced_value(red: Reduced, local: Mapping[int, int]) -> float:
+    total = sum(float(red.cost[v][k]) for v, k in local.items())
+    return total + sum(float(m[local[u], local[v]]) for (u, v), m in red.edges.items())
+
+
+def _build(p: ShardingProblem, red: Reduced,
+           start: Mapping[int, int] | None = None) -> tuple[_Model, dict[int, list[int]]]:
+    """The tight model of ``red``; ``start`` (local strategy per alive node, default: each cheapest) is its
+    hint."""
     m = _Model()
     const = red.constant
     cost = {v: red.cost[v].copy() for v in red.nodes()}
@@ -133,8 +221,8 @@ def _build(p: ShardingProblem, red: Reduced) -> tuple[_Model, dict[int, list[int
         const += low
         xvars[v] = [m.var(float(ci) - low if np.isfinite(ci) else 0.0) for ci in c]
         m.row(xvars[v], [1.0] * len(c), 1.0, 1.0)
-        greedy = int(np.argmin(c))
-        m.hint.update({x: int(k == greedy) for k, x in enumerate(xvars[v])})
+        pick = int(np.argmin(c)) if start is None else start[v]
+        m.hint.update({x: int(k == pick) for k, x in enumerate(xvars[v])})
         for k in np.nonzero(~np.isfinite(c))[0]:
             m.row([xvars[v][k]], [1.0], 0.0, 0.0)
     for (u, v), mat in edges.items():
@@ -164,7 +252,49 @@ def _build(p: ShardingProblem, red: Reduced) -> tuple[_Model, dict[int, list[int
                     hi -= mem[0]
             if ids:
                 m.row(ids, coefs, -math.inf, hi)
+    m.constant = const
     return m, xvars
+
+
+# Relative margin on an LP bound: GLOP's optimum is exact up to its feasibility tolerances (1e-7 absolute on
+# rows with unit coefficients, objective terms of order one after the shift by each vector's minimum).
+LP_BOUND_RTOL = 1e-6
+
+
+def lp_lower_bound(problem: ShardingProblem, time_limit_s: float | None = None) -> float | None:
+    """A lower bound on every plan's objective: the LP relaxation of the tight formulation (``_build``) after
+    the exact reductions, without the memory rows (dropping constraints only lowers it), minus a relative
+    margin of ``LP_BOUND_RTOL``. ``math.inf`` when no plan exists; None when GLOP did not reach the LP
+    optimum within ``time_limit_s``. Never below the node-min + edge-min bound of the reduced problem."""
+    from ortools.linear_solver import pywraplp
+
+    relaxed = dataclasses.replace(problem, memory_budget=None, memory_groups=())
+    red = reduce(relaxed)
+    if red is None:
+        return math.inf
+    m, _ = _build(relaxed, red)
+    if not m.obj:
+        return m.constant
+    s = pywraplp.Solver.CreateSolver("GLOP")
+    if s is None:
+        return None
+    vs = [s.NumVar(0.0, 1.0, f"x{k}") for k in range(len(m.obj))]
+    inf = s.infinity()
+    for ids, coefs, lo, hi in m.rows:
+        ct = s.Constraint(-inf if lo == -math.inf else lo, inf if hi == math.inf else hi)
+        for i, c in zip(ids, coefs):
+            ct.SetCoefficient(vs[i], c)
+    obj = s.Objective()
+    for v, c in zip(vs, m.obj):
+        if c:
+            obj.SetCoefficient(v, c)
+    obj.SetMinimization()
+    if time_limit_s is not None:
+        s.SetTimeLimit(int(math.ceil(time_limit_s * 1000)))
+    if s.Solve() != pywraplp.Solver.OPTIMAL:
+        return None
+    value = m.constant + obj.Value()
+    return value - LP_BOUND_RTOL * abs(value)
 
 
 def _classes(mat: np.ndarray) -> tuple[list[list[int]], list[int]]:

@@ -20,6 +20,7 @@ Refuses: nothing silently: ops without rules are planned replicated by the rule 
 from __future__ import annotations
 
 import itertools
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -94,6 +95,25 @@ def strategy_cap(mesh: "LogicalMesh") -> int:
     return STRATEGY_CAPS.get(sum(1 for s in mesh.shape if s > 1), 32)
 
 
+def capped_strategies(strategies: Sequence[Strategy], mesh: "LogicalMesh") -> list[Strategy]:
+    """``finalize`` under ``strategy_cap``, plus, on meshes of several axes, every dropped strategy that uses
+    all the mesh's axes (size > 1) together, in mesh order, wherever it uses any: what a 1-D plan does,
+    embedded (``shard_parallel.embed_choices``), so a 1-D plan is always a plan of every mesh (a warm start
+    the cap cannot lose). Adding strategies never raises the optimum."""
+    kept = finalize(strategies, cap=strategy_cap(mesh))
+    group = tuple(a for a, n in zip(mesh.axis_names, mesh.shape) if n > 1)
+    if len(group) < 2:
+        return kept
+    have = {s.key() for s in kept}
+
+    def grouped(spec: ShardingSpec | None) -> bool:
+        return spec is None or (all(not d or d == group for d in spec.dims) and spec.partial in ((), group))
+
+    extra = [s for s in finalize(strategies, cap=len(strategies) + 1) if s.key() not in have
+             and all(grouped(x) for x in (*s.in_specs, *s.out_specs)) and all(c.axes == group for c in s.comm)]
+    return kept + extra
+
+
 def candidate_specs(shape: Sequence[int], mesh: "LogicalMesh") -> list[ShardingSpec]:
     """Every spec that assigns each mesh axis (size > 1) to at most one dim, dividing it; replicated first."""
     axes = [a for a, s in zip(mesh.axis_names, mesh.shape) if s > 1]
@@ -119,22 +139,40 @@ class _CostCache:
         self.mesh = mesh
         self._reshard: dict[tuple[Any, ...], float] = {}
         self._coll: dict[tuple[Any, ...], float] = {}
+        self._template: dict[tuple[ShardingSpec, ShardingSpec], tuple[tuple[str, int, tuple[str, ...]], ...]] = {}
 
     def collective(self, step: CollectiveStep) -> float:
-        key = (step.kind, step.nbytes, step.axes)
-        if key not in self._coll:
-            self._coll[key] = collective_time(step.kind, step.nbytes, self.mesh.axis_links(step.axes))
-        return self._coll[key]
+        return self.collective_of(step.kind, step.nbytes, step.axes)
 
     def reshard(self, src: ShardingSpec, dst: ShardingSpec, shape: tuple[int, ...], dtype: Any) -> float:
+        """Seconds of ``reshard_steps(src, dst, shape, dtype)``.
+
+        The steps' kinds and axes depend on the two specs only, and each step's ``nbytes`` is the tensor's
+        bytes over the product of the axes splitting it at that step (every intermediate spec divides the
+        shape: its splits are prefixes of the source's or the destination's). So the steps are computed
+        once per spec pair, as (kind, divisor, axes), and scaled to each shape exactly (integer division)."""
         if src == dst:
             return 0.0
         key = (src, dst, shape, dtype)
         hit = self._reshard.get(key)
         if hit is None:
-            hit = sum(self.collective(s) for s in reshard_steps(src, dst, shape, dtype, self.mesh))
+            total = math.prod(shape) * np.dtype(dtype).itemsize
+            template = self._template.get((src, dst))
+            if template is None:
+                steps = reshard_steps(src, dst, shape, dtype, self.mesh)
+                hit = sum(self.collective(s) for s in steps)
+                if total > 0 and all(s.nbytes > 0 and total % s.nbytes == 0 for s in steps):
+                    self._template[(src, dst)] = tuple((s.kind, total // s.nbytes, s.axes) for s in steps)
+            else:
+                hit = sum(self.collective_of(kind, total // div, axes) for kind, div, axes in template)
             self._reshard[key] = hit
         return hit
+
+    def collective_of(self, kind: str, nbytes: int, axes: tuple[str, ...]) -> float:
+        key = (kind, nbytes, axes)
+        if key not in self._coll:
+            self._coll[key] = collective_time(kind, nbytes, self.mesh.axis_links(axes))
+        return self._coll[key]
 
 
 def output_buffer_bytes(s: Strategy, k: int, t: Any, mesh: "LogicalMesh") -> float:
@@ -173,9 +211,9 @@ class GraphAnalysis:
 
 def analyse_graph(graph: Graph, tie_layers: bool = True) -> GraphAnalysis:
     """The mesh-independent part of ``build_intra_op`` (see ``GraphAnalysis``)."""
-    if analysis is None or analysis.tie_layers != tie_layers:
-        analysis = analyse_graph(graph, tie_layers)
-    ties, in_ties = analysis.ties, analysis.in_ties
+    ties = op_ties(graph) if tie_layers else {}
+    in_ties = input_ties(graph, ties) if tie_layers else {}
+    in_ties.update(state_ties(graph, in_ties) if tie_layers else {})
     resident, peak_point = _replicated_peak(graph)
     return GraphAnalysis(tie_layers, ties, in_ties, resident, peak_point)
 
@@ -371,7 +409,7 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
             continue
         rep = node_of_op.get(ties.get(op.id, -1))
         strategies = nodes[rep].strategies if rep is not None else tuple(
-            finalize(rules_of(op), cap=strategy_cap(mesh)))
+            capped_strategies(rules_of(op), mesh))
         v = rep if rep is not None else len(nodes)
         for k, tid in enumerate(op.inputs):
             wanted = [s.in_specs[k] if k < len(s.in_specs) else None for s in strategies]

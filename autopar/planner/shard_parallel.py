@@ -2,7 +2,11 @@
 
 Consumes: a Graph, a ClusterSpec, a method. Produces: a single-stage ``Plan`` and the ``IntraOpProblem`` /
 ``Solution`` it came from. With ``mesh_shape=None`` every factorisation of the device count into 1, 2 or 3
-axes is planned and the fastest predicted plan kept (ties keep the earlier, simpler mesh). DataParallel and
+axes is planned and the fastest predicted plan kept (ties keep the earlier, simpler mesh): the 1-D mesh
+first (solved to optimality within ``time_limit_s``), then each other mesh within its share of the time
+left before ``search_deadline_s``, warm-started from the best plan so far embedded into it
+(``embed_choices``: axis x of (8,) becomes ("x", "y") of (2, 4)), so a time-limited mesh never does worse
+than a plan already found. DataParallel and
 ZeroParallel are constraints on the same ILP over a 1-D mesh: which input specs are allowed.
 """
 
@@ -14,7 +18,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from autopar.ir.graph import Graph, Role, Section
 from autopar.methods import DataParallel, Method, ShardParallel, ZeroParallel
@@ -22,7 +26,7 @@ from autopar.plan import Estimate, Plan, StagePlan
 from autopar.planner.estimate import estimate_plan
 from autopar.planner.ilp import solve
 from autopar.planner.intra_op import IntraOpProblem, analyse_graph, build_intra_op
-from autopar.planner.problem import Alias, InfeasibleMemoryError, Solution, format_bytes
+from autopar.planner.problem import Alias, InfeasibleMemoryError, Solution, evaluate, format_bytes
 from autopar.sharding.mesh import LogicalMesh
 from autopar.sharding.spec import ShardingSpec
 
@@ -30,7 +34,9 @@ AXIS_NAMES = ("x", "y", "z")
 # Seconds one mesh's ILP may take before its best plan so far is used (with a warning); None: no limit.
 DEFAULT_TIME_LIMIT_S = 60.0
 # Seconds the whole multi-mesh search may take before the meshes not yet tried are skipped (with a warning).
-DEFAULT_SEARCH_DEADLINE_S = 120.0
+DEFAULT_SEARCH_DEADLINE_S = 25.0
+# Each mesh after the first gets the time left before the deadline divided by the meshes left, at least this.
+MIN_MESH_LIMIT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -186,9 +192,11 @@ def plan_intra_op(graph: Graph, cluster: Any, method: Method, *, memory_budget: 
     """Plan ``graph`` on the meshes ``method`` allows and keep the fastest predicted plan.
 
     Meshes are tried 1-D first; a mesh whose ILP lower bound (``lower_bound``) is no better than the best
-    objective so far is pruned without solving (exact). ``time_limit_s`` caps each ILP; once
-    ``search_deadline_s`` has passed (after a first plan exists), the remaining meshes are skipped with a
-    warning and each ILP is capped by the time left. ``search`` in the plan records every mesh's outcome.
+    objective so far is pruned without solving (exact). ``time_limit_s`` caps each ILP; after the first plan,
+    each ILP is also capped by its share of the time left before ``search_deadline_s`` (the time left, less
+    the builds still to come, over the meshes left; at least ``MIN_MESH_LIMIT_S``) and starts from
+    ``warm_start`` (the solved plans embedded into its mesh). Once the deadline has passed, the remaining
+    meshes are skipped with a warning. ``search`` in the plan records every mesh's outcome.
     """
     n = cluster.num_devices
     if isinstance(method, ShardParallel) and method.mesh_shape is not None:
@@ -207,7 +215,8 @@ def plan_intra_op(graph: Graph, cluster: Any, method: Method, *, memory_budget: 
         time_limit_s = DEFAULT_TIME_LIMIT_S
     start = time.perf_counter()
     best: tuple[float, IntraOpProblem, Solution, Estimate] | None = None
-    tried = []
+    tried: list[dict[str, Any]] = []
+    solved: list[tuple[IntraOpProblem, Solution]] = []
     deadline = None if search_deadline_s is None else start + search_deadline_s
     analysis = analyse_graph(graph)   # mesh-independent (layer ties, replicated peak): once for all meshes
     for shape in shapes:
@@ -234,9 +243,14 @@ def plan_intra_op(graph: Graph, cluster: Any, method: Method, *, memory_budget: 
             continue
         limit = time_limit_s
         if deadline is not None and best is not None:
-            limit = max(1.0, min(limit, deadline - time.perf_counter()))
+            # the time left, less the builds still to come (guessed as long as this one), shared by the
+            # meshes left
+            left = len(shapes) - len(tried)
+            share = (deadline - time.perf_counter() - build_s * (left - 1)) / left
+            limit = max(MIN_MESH_LIMIT_S, min(limit, share))
+        hint = warm_start(solved, ip)
         try:
-            sol, est = _solve_within_memory(ip, cluster.device, solver, limit)
+            sol, est = _solve_within_memory(ip, cluster.device, solver, limit, hint)
         except ValueError as e:
             tried.append({"mesh": list(shape), "error": str(e)})
             if isinstance(e, InfeasibleMemoryError):
@@ -248,6 +262,7 @@ def plan_intra_op(graph: Graph, cluster: Any, method: Method, *, memory_budget: 
                       "nodes": ip.stats["nodes"], "variables": sol.num_variables,
                       "constraints": sol.num_constraints, "status": sol.status, "lower_bound": bound,
                       "build_time_s": build_s, "solve_time_s": sol.solve_time_s})
+        solved.append((ip, sol))
         if best is None or est.step_time_s < best[0] * (1 - 1e-9):
             best = (est.step_time_s, ip, sol, est)
     if best is None:
@@ -265,16 +280,91 @@ def plan_intra_op(graph: Graph, cluster: Any, method: Method, *, memory_budget: 
     return IntraOpResult(_to_plan(graph, cluster, method, ip, sol, est, search), ip, sol)
 
 
+# ---- warm starts: a plan on one mesh embedded into another ----------------------------------------------
+
+def axis_embedding(src: LogicalMesh, dst: LogicalMesh) -> dict[str, tuple[str, ...]] | None:
+    """Each axis of ``src`` -> the consecutive axes of ``dst`` (major to minor) whose sizes multiply to its
+    size, so that a split over the group addresses the devices as the split over the source axis does; None
+    when ``dst`` does not refine ``src`` that way (``(8,) -> (2, 4)``: ``{"x": ("x", "y")}``)."""
+    out: dict[str, tuple[str, ...]] = {}
+    k = 0
+    for name, size in zip(src.axis_names, src.shape):
+        group: list[str] = []
+        prod = 1
+        while prod < size and k < dst.ndim:
+            group.append(dst.axis_names[k])
+            prod *= dst.shape[k]
+            k += 1
+        if prod != size:
+            return None
+        out[name] = tuple(group)
+    return out if k == dst.ndim else None
+
+
+def _embed_spec(spec: ShardingSpec | None, emb: Mapping[str, tuple[str, ...]]) -> ShardingSpec | None:
+    if spec is None:
+        return None
+    return ShardingSpec(tuple(tuple(a for x in d for a in emb[x]) for d in spec.dims),
+                        tuple(a for x in spec.partial for a in emb[x]))
+
+
+def embed_choices(src: IntraOpProblem, choices: Sequence[int], dst: IntraOpProblem) -> tuple[int, ...] | None:
+    """The strategies of ``dst`` that do what ``choices`` does on ``src``'s mesh, through ``axis_embedding``:
+    each node of ``dst`` takes the strategy with the embedded input and output specs of the same node's
+    choice on ``src`` (the cheapest if several), else one with the embedded output specs of the tensors it
+    owns, else its cheapest strategy. None when the meshes do not embed. A warm start for ``solve``'s hint."""
+    emb = axis_embedding(src.mesh, dst.mesh)
+    if emb is None:
+        return None
+    src_node = {(n.kind, n.key): v for v, n in enumerate(src.nodes)}
+    tensor_specs = src.tensor_specs(choices)
+    costs = dst.problem.node_costs
+    owned: dict[int, list[int]] = {}
+    for tid, (v, _) in dst.tensor_owner.items():
+        owned.setdefault(v, []).append(tid)
+    out = []
+    for v, node in enumerate(dst.nodes):
+        cands: list[int] = []
+        u = src_node.get((node.kind, node.key))
+        if u is not None:
+            s = src.nodes[u].strategies[choices[u]]
+            want = (tuple(_embed_spec(x, emb) for x in s.in_specs), tuple(_embed_spec(x, emb) for x in s.out_specs))
+            cands = [i for i, t in enumerate(node.strategies) if (t.in_specs, t.out_specs) == want]
+        if not cands:
+            tids = [t for t in owned.get(v, ()) if t in tensor_specs]
+            if tids:
+                want_t = {t: _embed_spec(tensor_specs[t], emb) for t in tids}
+                cands = [i for i in range(len(node.strategies))
+                         if all(dst.tensor_owner[t][1][i] == want_t[t] for t in tids)]
+        if not cands:
+            cands = list(range(len(node.strategies)))
+        out.append(min(cands, key=lambda i: (costs[v][i], i)))
+    return tuple(out)
+
+
+def warm_start(solved: Sequence[tuple[IntraOpProblem, Solution]], ip: IntraOpProblem) -> tuple[int, ...] | None:
+    """The cheapest (on ``ip``'s objective) of the solved plans embedded into ``ip``'s mesh (``embed_choices``);
+    None when none embeds. Earlier plans win ties."""
+    best: tuple[float, tuple[int, ...]] | None = None
+    for src_ip, src_sol in solved:
+        hint = embed_choices(src_ip, src_sol.choices, ip)
+        if hint is not None:
+            value = evaluate(ip.problem, hint)
+            if best is None or value < best[0]:
+                best = (value, hint)
+    return None if best is None else best[1]
+
+
 MEMORY_ROUNDS = 4
 
 
-def _solve_within_memory(ip: IntraOpProblem, device: Any, solver: str,
-                         time_limit_s: float | None) -> tuple[Solution, Estimate]:
+def _solve_within_memory(ip: IntraOpProblem, device: Any, solver: str, time_limit_s: float | None,
+                         hint: Sequence[int] | None = None) -> tuple[Solution, Estimate]:
     """Solve, then check the plan's full memory estimate (every program point, resharded copies included)
     against the budget the ILP saw at one point; while it is over, tighten the ILP's budget by the overshoot
     and solve again. Raises InfeasibleMemoryError when no tightening fits."""
     budget = ip.problem.memory_budget
-    sol = solve(ip.problem, backend=solver, time_limit_s=time_limit_s)
+    sol = solve(ip.problem, backend=solver, time_limit_s=time_limit_s, hint=hint)
     est = estimate_plan(ip, sol.choices, device)
     ilp_budget = budget
     for _ in range(MEMORY_ROUNDS):
@@ -284,7 +374,7 @@ def _solve_within_memory(ip: IntraOpProblem, device: Any, solver: str,
         ilp_budget *= budget / est.peak_memory_bytes * 0.99
         try:
             sol = solve(dataclasses.replace(ip.problem, memory_budget=ilp_budget), backend=solver,
-                        time_limit_s=time_limit_s)
+                        time_limit_s=time_limit_s, hint=hint)
         except InfeasibleMemoryError:
             break
         est = estimate_plan(ip, sol.choices, device)

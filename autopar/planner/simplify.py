@@ -175,20 +175,32 @@ def _drop_dominated(r: Reduced, mem: list[np.ndarray] | None) -> bool:
         cols = [r.cost[v][:, None]] + [_oriented(r, v, u) for u in _neighbours_of(r, v)]
         if r.protected[v] and mem is not None:
             cols.append(mem[v][r.allowed[v]][:, None])
-        feat = np.concatenate(cols, axis=1)
-        keep = np.ones(k, dtype=bool)
-        for s in range(k):
-            for t in range(k):
-                if t == s or not keep[t]:
-                    continue
-                le = feat[t] <= feat[s]
-                if le.all() and (t < s or bool((feat[t] < feat[s]).any())):
-                    keep[s] = False
-                    break
+        keep = ~_dominated(np.concatenate(cols, axis=1))
         if not keep.all():
             _restrict(r, v, keep)
             changed = True
     return changed
+
+
+_DOMINANCE_CHUNK = 1 << 22   # comparisons per numpy step (bounds the temporary arrays to a few MiB)
+
+
+def _dominated(feat: np.ndarray) -> np.ndarray:
+    """Rows s with some t != s such that ``feat[t] <= feat[s]`` everywhere and (t < s or ``<`` somewhere).
+
+    That relation is a strict partial order (ties broken by index), so dropping every dominated row at once
+    keeps exactly the rows no other row dominates, the same set a one-by-one sweep keeps."""
+    k, f = feat.shape
+    out = np.zeros(k, dtype=bool)
+    idx = np.arange(k)
+    step = max(1, _DOMINANCE_CHUNK // max(1, k * f))
+    for lo in range(0, k, step):
+        s = feat[lo:lo + step]                                   # [c, f]
+        le = (feat[:, None, :] <= s[None, :, :]).all(axis=2)     # [t, c]
+        lt = (feat[:, None, :] < s[None, :, :]).any(axis=2)
+        dom = le & ((idx[:, None] < idx[None, lo:lo + step]) | lt) & (idx[:, None] != idx[None, lo:lo + step])
+        out[lo:lo + step] = dom.any(axis=0)
+    return out
 
 
 def _eliminate(r: Reduced) -> bool:

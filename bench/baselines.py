@@ -1,0 +1,211 @@
+"""Baselines the benchmark compares autopar with, all evaluated by the same cost model via ``autopar.plan``.
+
+Consumes: a train step and its abstract arguments, a ClusterSpec, the baseline kinds a case asks for.
+Produces: one ``Outcome`` per baseline: a predicted step time / MFU / peak memory, or the reason there is
+none: ``"does not fit"`` (no plan within device memory; ``min_memory_bytes`` says how much it would need) or
+``"unavailable: <reason>"`` (the method is not implemented yet or cannot express the configuration).
+Refuses: nothing: a baseline that fails to plan is recorded, never raised.
+
+Baselines (``BASELINE_KINDS`` in ``bench.suite``):
+- ``data``: ``autopar.DataParallel()``; ``zero3``: ``autopar.ZeroParallel(stage=3)``;
+- ``manual3d``: the best ``autopar.Manual3D(dp, tp, pp, num_microbatches, remat)`` over Megatron's grid
+  (tensor parallelism inside a node, pipeline across, a few microbatch counts, remat off/full);
+- ``alpa``: the plan Alpa published for that model and cluster (``ALPA_PLANS``) as PipeshardParallel options.
+Manual3D and PipeshardParallel are planned by the pipeline planner; while it raises "not available", the
+grid stops at the first such answer and the baseline reads ``unavailable``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+# Exceptions whose message means "this method cannot be planned here" rather than a planner bug.
+_UNAVAILABLE_MARKERS = ("not available", "not implemented", "not supported", "needs the pipeline planner")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The predicted result of planning one method (the case's own method or a baseline)."""
+
+    label: str                                   # the method, as text
+    status: str                                  # "ok" | "does not fit" | "unavailable: ..." | "error: ..."
+    step_time_s: float | None = None
+    mfu: float | None = None
+    peak_memory_bytes: float | None = None
+    search_time_s: float | None = None
+    min_memory_bytes: float | None = None        # for "does not fit": the least per-device memory needed
+    mesh_shape: tuple[int, ...] | None = None
+    num_stages: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["mesh_shape"] = list(self.mesh_shape) if self.mesh_shape is not None else None
+        return {k: v for k, v in d.items() if v is not None}
+
+
+def method_text(method: Any) -> str:
+    """``Manual3D(dp=2,tp=4,pp=1,...)`` without defaults noise."""
+    fields = [f for f in dataclasses.fields(method)] if dataclasses.is_dataclass(method) else []
+    parts = [f"{f.name}={getattr(method, f.name)!r}" for f in fields
+             if getattr(method, f.name) != f.default]
+    return f"{type(method).__name__}({', '.join(parts)})"
+
+
+def evaluate(fn: Callable[..., Any], args: tuple[Any, ...], cluster: Any, method: Any,
+             label: str | None = None) -> Outcome:
+    """Plan ``fn(*args)`` with ``method`` on ``cluster`` and summarise the estimate (never raises)."""
+    import autopar
+    from autopar.planner.problem import InfeasibleMemoryError
+
+    label = label or method_text(method)
+    t0 = time.perf_counter()
+    try:
+        plan = autopar.plan(fn, *args, cluster=cluster, method=method)
+    except InfeasibleMemoryError as e:
+        return Outcome(label, "does not fit", search_time_s=time.perf_counter() - t0,
+                       min_memory_bytes=float(e.min_budget_bytes))
+    except (ValueError, NotImplementedError) as e:
+        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if any(m in text for m in _UNAVAILABLE_MARKERS) or isinstance(e, NotImplementedError):
+            return Outcome(label, f"unavailable: {text}")
+        return Outcome(label, f"error: {text}")
+    wall = time.perf_counter() - t0
+    est = plan.estimate
+    search = float(plan.search.get("search_time_s", wall)) if isinstance(plan.search, Mapping) else wall
+    return Outcome(label, "ok", step_time_s=float(est.step_time_s), mfu=float(est.mfu),
+                   peak_memory_bytes=float(est.peak_memory_bytes), search_time_s=search,
+                   mesh_shape=tuple(plan.mesh_shape), num_stages=len(plan.stages))
+
+
+# ---- Manual3D grid (Megatron's recipe) -----------------------------------------------------------------
+def _pow2_divisors(n: int, cap: int) -> list[int]:
+    return [d for d in (2 ** i for i in range(0, 12)) if d <= cap and n % d == 0]
+
+
+def manual3d_grid(num_devices: int, devices_per_node: int, batch_size: int | None,
+                  max_configs: int = 32) -> list[Any]:
+    """Megatron-style configurations: tp inside a node (powers of two), pp over what is left, dp the rest;
+    microbatches (gradient accumulation) in {none (pp = 1 only), 4pp, 16pp, 64pp, pp (pp > 1)} within the
+    batch; remat none, then full. Ordered by Megatron's preference (tp first, then pp, few microbatches),
+    all remat-none configurations before the remat-full ones, cut to ``max_configs``."""
+    import autopar
+
+    shapes = []
+    for tp in _pow2_divisors(num_devices, devices_per_node):
+        for pp in _pow2_divisors(num_devices // tp, num_devices):
+            dp = num_devices // (tp * pp)
+            per_dp = batch_size // dp if batch_size else None
+            if per_dp is not None and (batch_size % dp or per_dp < 1):
+                continue
+            first: list[int | None] = [None] if pp == 1 else [pp]
+            mbs = first + [m for m in (4 * pp, 16 * pp, 64 * pp)
+                           if per_dp is None or (m <= per_dp and per_dp % m == 0)]
+            shapes += [(dp, tp, pp, m) for m in mbs]
+    return [autopar.Manual3D(dp=dp, tp=tp, pp=pp, num_microbatches=m, remat=remat)
+            for remat in ("none", "full") for dp, tp, pp, m in shapes][:max_configs]
+
+
+def best_manual3d(fn: Callable[..., Any], args: tuple[Any, ...], cluster: Any,
+                  batch_size: int | None, max_configs: int = 32) -> Outcome:
+    """The fastest Manual3D of the grid; ``unavailable`` as soon as the planner says Manual3D is."""
+    best: Outcome | None = None
+    no_fit: Outcome | None = None
+    errors = []
+    for method in manual3d_grid(cluster.num_devices, cluster.devices_per_node, batch_size, max_configs):
+        o = evaluate(fn, args, cluster, method)
+        if o.status.startswith("unavailable") and best is None and no_fit is None:
+            return dataclasses.replace(o, label="Manual3D grid")
+        if o.ok and (best is None or (o.step_time_s or math.inf) < (best.step_time_s or math.inf)):
+            best = o
+        elif o.status == "does not fit" and (no_fit is None or (o.min_memory_bytes or math.inf)
+                                             < (no_fit.min_memory_bytes or math.inf)):
+            no_fit = o
+        elif not o.ok:
+            errors.append(o.status)
+    if best is not None:
+        return best
+    if no_fit is not None:
+        return no_fit
+    return Outcome("Manual3D grid", errors[0] if errors else "unavailable: empty grid")
+
+
+# ---- Alpa's published plans (Alpa, OSDI'22, section 8 / Fig. 7 and its artifact's benchmark suites) ----
+@dataclass(frozen=True)
+class AlpaPlan:
+    model: str                                   # the bench.models registry name
+    num_devices: int
+    num_stages: int
+    submesh_shapes: tuple[tuple[int, int], ...]  # per stage: (hosts, devices per host)
+    logical_mesh_shapes: tuple[tuple[int, int], ...] | None
+    num_microbatches: int | None
+    source: str
+
+    def options(self) -> dict[str, Any]:
+        """Every option the plan fixes, named as PipeshardParallel would take them."""
+        return {"num_microbatches": self.num_microbatches, "stages": self.num_stages,
+                "submeshes": [h * d for h, d in self.submesh_shapes],
+                "logical_meshes": [list(s) for s in self.logical_mesh_shapes] if self.logical_mesh_shapes else None}
+
+
+ALPA_PLANS: dict[str, AlpaPlan] = {
+    "gpt_39b_64": AlpaPlan("gpt_39b", 64, 16, ((1, 4),) * 16, None, 1024,
+                           "Alpa OSDI'22 sec. 8.1: GPT-39B on 64 GPUs, 16 stages of (1,4), 1024 microbatches"),
+    "gpt_15b_32": AlpaPlan("gpt_15b", 32, 4, ((1, 8),) * 4, ((2, 4),) * 4, None,
+                           "Alpa OSDI'22 sec. 8.1: GPT-15B on 32 GPUs, 4 stages of (1,8), logical mesh (2,4)"),
+    "moe_70b_64": AlpaPlan("moe_70b", 64, 8, ((1, 8),) * 8, ((8, 1),) * 8, 64,
+                           "Alpa OSDI'22 sec. 8.1: MoE-70B on 64 GPUs, 8 stages of (1,8), logical (8,1), 64 mb"),
+    "wresnet_4b_16": AlpaPlan("wresnet_4b", 16, 3, ((1, 4), (1, 4), (1, 8)), None, None,
+                              "Alpa OSDI'22 sec. 8.1: Wide-ResNet-4B on 16 GPUs, 3 stages on 4+4+8 GPUs"),
+}
+
+
+def alpa_method(key: str) -> tuple[Any, list[str]]:
+    """PipeshardParallel with the options of Alpa's plan that it accepts, and the names of those it cannot
+    express (recorded in the baseline's label, so a partial plan is never mistaken for Alpa's)."""
+    import autopar
+
+    if key not in ALPA_PLANS:
+        raise ValueError(f"alpa = {key!r}: no published plan by that name; known: {', '.join(ALPA_PLANS)}")
+    accepted = {f.name for f in dataclasses.fields(autopar.PipeshardParallel)}
+    opts = {k: v for k, v in ALPA_PLANS[key].options().items() if v is not None}
+    dropped = sorted(k for k in opts if k not in accepted)
+    return autopar.PipeshardParallel(**{k: v for k, v in opts.items() if k in accepted}), dropped
+
+
+def run_baselines(kinds: tuple[str, ...], fn: Callable[..., Any], args: tuple[Any, ...], cluster: Any,
+                  batch_size: int | None, alpa: str | None = None) -> dict[str, Outcome]:
+    """Evaluate each requested baseline kind (``alpa`` only when the case names a published plan)."""
+    import autopar
+
+    out: dict[str, Outcome] = {}
+    for kind in kinds:
+        if kind == "data":
+            out[kind] = evaluate(fn, args, cluster, autopar.DataParallel(), "DataParallel")
+        elif kind == "zero3":
+            out[kind] = evaluate(fn, args, cluster, autopar.ZeroParallel(stage=3), "ZeRO-3")
+        elif kind == "manual3d":
+            out[kind] = best_manual3d(fn, args, cluster, batch_size)
+        elif kind == "alpa" and alpa is not None:
+            plan = ALPA_PLANS.get(alpa)
+            if plan is None:
+                raise ValueError(f"alpa = {alpa!r}: no published plan by that name; known: {', '.join(ALPA_PLANS)}")
+            if plan.num_devices != cluster.num_devices:
+                out[kind] = Outcome(f"Alpa {alpa}", f"unavailable: the plan is for {plan.num_devices} devices, "
+                                    f"the case has {cluster.num_devices}")
+                continue
+            try:
+                method, dropped = alpa_method(alpa)
+            except (ValueError, TypeError) as e:
+                out[kind] = Outcome(f"Alpa {alpa}", f"unavailable: {e}")
+                continue
+            label = f"Alpa {alpa}" + (f" (without {', '.join(dropped)})" if dropped else "")
+            out[kind] = evaluate(fn, args, cluster, method, label)
+    return out
