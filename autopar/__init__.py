@@ -3,6 +3,7 @@
 The public surface is re-exported here; implementation modules are private to the package.
 """
 
+from autopar.audit import AuditReport as AuditReport, audit as audit
 from autopar.api import ParallelFunction as ParallelFunction, parallelize as parallelize, plan as plan
 from autopar.cost_models.cluster import ClusterSpec as ClusterSpec
 from autopar.ir import Graph as Graph, Op as Op, Role as Role, Section as Section, Tensor as Tensor
@@ -14,6 +15,7 @@ from autopar.methods import PipeshardParallel as PipeshardParallel, ShardParalle
 from autopar.methods import ZeroParallel as ZeroParallel
 from autopar.plan import Estimate as Estimate, Plan as Plan
 from autopar.planner.problem import InfeasibleMemoryError as InfeasibleMemoryError
+from autopar.runtime.pipeline import TimelineEvent as TimelineEvent
 from autopar.sharding.rules import AutoparWarning as AutoparWarning
 
 __version__ = "0.1.0"

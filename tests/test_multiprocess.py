@@ -22,13 +22,14 @@ import jax
 import numpy as np
 import pytest
 
+import autopar
+
 from tests import multiprocess_worker as worker
 
 TIMEOUT_S = 240
 MAX_REL_ERROR = 1e-5
 WORKER = Path(__file__).with_name("multiprocess_worker.py")
 # Wall-clock measurements inside ``Plan.search``: they differ run to run, everything else must not.
-TIMING_KEYS = ("search_time_s", "solve_time_s")
 
 CASES = {"shard": (worker.NUM_PROCESSES, worker.LOCAL_DEVICES),
          "data": (worker.NUM_PROCESSES * worker.LOCAL_DEVICES,)}
@@ -129,11 +130,3 @@ def test_two_processes_match_single_process(method: str, tmp_path: Path, referen
         for name, want in reference["params"].items():
             err = _rel_error(r["params"][name], want)
             assert err <= MAX_REL_ERROR, f"rank {rank} param {name}: relative error {err:.2e}"
-
-
-def test_deterministic_drops_only_timings() -> None:
-    plan = json.loads(_PLAN_JSON)
-    plan["search"] = {"search_time_s": 1.5, "solver": "ortools",
-                      "meshes": [{"mesh": [8], "step_time_s": 2e-5, "solve_time_s": 0.3, "build_time_s": 0.1}]}
-    got = json.loads(_deterministic(json.dumps(plan)))
-    assert got["search"] == {"solver": "ortools", "meshes": [{"mesh": [8], "step_time_s": 2e-5}]}

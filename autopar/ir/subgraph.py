@@ -82,3 +82,20 @@ def extract(parent: Graph, op_ids: Iterable[int], *, extra_outputs: Iterable[int
               outputs=tuple(new_id[t] for t in outputs), annotations=dict(parent.annotations))
     return Subgraph(graph=g, parent_tensor=tuple(order), parent_op=tuple(ops))
 
+
+
+def structure_key(g: Graph) -> str:
+    """Equal for graphs that are the same program up to tensor and op numbering made by ``extract`` (the same
+    primitives, parameters, wiring, shapes, dtypes and roles, position by position): such graphs share plans."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in g.tensors:
+        h.update(f"{t.shape}{t.dtype}{t.role.value}{t.producer}{t.is_output}{t.donated};".encode())
+        if t.value is not None and t.size <= 16:
+            h.update(repr(t.value).encode())
+    h.update(f"{g.inputs}{g.outputs}".encode())
+    for op in g.ops:
+        h.update(f"{op.primitive}{op.inputs}{op.outputs}{op.section.value}".encode())
+        h.update(repr(sorted((k, repr(v)) for k, v in op.params.items())).encode())
+    return h.hexdigest()

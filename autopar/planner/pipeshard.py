@@ -14,14 +14,15 @@ inputs) + one more copy of the averaged gradients when m > 1.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from autopar.cost_models.cluster import ClusterSpec
-from autopar.ir.graph import Graph, Role
-from autopar.ir.subgraph import Subgraph, extract
+from autopar.ir.graph import Graph, Role, Section
+from autopar.ir.subgraph import Subgraph, extract, structure_key
 from autopar.methods import ShardParallel
 from autopar.pipeline.partition import BACKWARD, FORWARD, StageSplit, split_stages
 from autopar.pipeline.schedule import bubble_of, in_flight, pipeline_time
@@ -91,29 +92,42 @@ def plan_stages(graph: Graph, cluster: ClusterSpec, layout: StageLayout, *, num_
     results, stage_plans, mb_times, apply_times, peaks = [], [], [], [], []
     offset = 0
     m = num_microbatches
+    memo: dict[tuple[Any, ...], IntraOpResult] = {}
+    limit = memory_budget if memory_budget is not None else float(cluster.device.memory_bytes)
     for s in range(layout.num_stages):
         n = layout.device_counts[s]
         sub = stage_subgraph(split, s)
-        res = plan_intra_op(sub.graph, submesh_cluster(cluster, n), ShardParallel(mesh_shape=layout.logical_meshes[s]),
-                            memory_budget=memory_budget, solver=solver, time_limit_s=time_limit_s)
+        keep = in_flight(schedule, layout.num_stages, m, s)
+        key = (structure_key(sub.graph), n, layout.logical_meshes[s], keep, layout.remat[s])
+        if key not in memo:   # structurally identical stages (the middle of a deep model) are planned once
+            try:
+                memo[key] = _plan_stage(split, s, sub, submesh_cluster(cluster, n), layout.logical_meshes[s],
+                                        keep, layout.remat[s], m, limit, solver, time_limit_s)
+            except InfeasibleMemoryError as e:
+                a, b = layout.layer_ranges[s]
+                raise InfeasibleMemoryError(f"stage {s} (layers {a}..{b - 1} on {n} devices): {e}",
+                                            e.min_budget_bytes, e.budget_bytes) from e
+        res = memo[key]
         results.append(res)
         specs = _parent_specs(sub, res)
-        apply_t = _apply_compute(res, split, sub)
+        apply_t = _compute_of(res, sub, lambda o: o not in split.microbatched)
+        recompute = _compute_of(res, sub, lambda o: split.graph.ops[o].section is Section.FORWARD) \
+            if layout.remat[s] else 0.0
+        transfer = _transfer_time(split, s, cluster, layout.device_counts)
         est = res.plan.estimate
-        keep = in_flight(schedule, layout.num_stages, m, s)
         stash = _stash_bytes(split, s, specs, res, layout.remat[s])
         extra_acc = _averaged_bytes(split, s, specs, res) if m > 1 else 0.0
         peak = est.peak_memory_bytes + max(keep - 1, 0) * stash + extra_acc
-        mb_times.append(max(est.step_time_s - apply_t, 0.0))
+        t_mb = max(est.step_time_s - apply_t, 0.0) + recompute + transfer
+        mb_times.append(t_mb)
         apply_times.append(apply_t)
         peaks.append(peak)
-        stage_est = Estimate(step_time_s=est.step_time_s - apply_t, compute_time_s=est.compute_time_s - apply_t,
-                             comm_time_s=est.comm_time_s, bubble_fraction=0.0, flops=est.flops, mfu=est.mfu,
-                             peak_memory_bytes=peak, comm_bytes=dict(est.comm_bytes),
+        stage_est = Estimate(step_time_s=t_mb, compute_time_s=est.compute_time_s - apply_t + recompute,
+                             comm_time_s=est.comm_time_s + transfer, bubble_fraction=0.0, flops=est.flops,
+                             mfu=est.mfu, peak_memory_bytes=peak, comm_bytes=dict(est.comm_bytes),
                              collective_counts=dict(est.collective_counts))
         stage_plans.append(_stage_plan(s, sub, res, specs, tuple(range(offset, offset + n)), stage_est, split))
         offset += n
-    limit = memory_budget if memory_budget is not None else float(cluster.device.memory_bytes)
     if max(peaks) > limit:
         worst = max(range(len(peaks)), key=peaks.__getitem__)
         raise InfeasibleMemoryError(
@@ -134,17 +148,51 @@ def plan_stages(graph: Graph, cluster: ClusterSpec, layout: StageLayout, *, num_
     return StagedResult(plan=plan, split=split, stages=tuple(results))
 
 
+def _plan_stage(split: StageSplit, s: int, sub: Subgraph, cluster: ClusterSpec, mesh: Any, keep: int, remat: bool,
+                m: int, limit: float, solver: str, time_limit_s: float | None) -> IntraOpResult:
+    """The stage's fastest intra-op plan; when it, with the microbatches it keeps in flight, is over ``limit``,
+    planned again with the one-microbatch budget reduced by what they hold."""
+    res = plan_intra_op(sub.graph, cluster, ShardParallel(mesh_shape=mesh), memory_budget=math.inf, solver=solver,
+                        time_limit_s=time_limit_s)
+    specs = _parent_specs(sub, res)
+    held = max(keep - 1, 0) * _stash_bytes(split, s, specs, res, remat) + (
+        _averaged_bytes(split, s, specs, res) if m > 1 else 0.0)
+    if res.plan.estimate.peak_memory_bytes + held <= limit or held >= limit:
+        return res
+    try:
+        return plan_intra_op(sub.graph, cluster, ShardParallel(mesh_shape=mesh), memory_budget=limit - held,
+                             solver=solver, time_limit_s=time_limit_s)
+    except InfeasibleMemoryError:
+        return res     # reported by the caller with the stage's full need
+
+
 def _parent_specs(sub: Subgraph, res: IntraOpResult) -> dict[int, ShardingSpec]:
     specs = res.intra.tensor_specs(res.solution.choices)
     return {sub.parent_tensor[t]: s for t, s in specs.items()}
 
 
-def _apply_compute(res: IntraOpResult, split: StageSplit, sub: Subgraph) -> float:
+def _compute_of(res: IntraOpResult, sub: Subgraph, which: Any) -> float:
+    """Compute time of the stage's ILP nodes whose op (a parent op id) satisfies ``which``."""
     ip, choices = res.intra, res.solution.choices
+    return float(sum(ip.compute_costs[v][choices[v]] for v, node in enumerate(ip.nodes)
+                     if node.kind == "op" and which(sub.parent_op[node.key])))
+
+
+def _transfer_time(split: StageSplit, s: int, cluster: ClusterSpec, device_counts: Sequence[int]) -> float:
+    """Per microbatch: receiving the values other stages send to stage ``s`` (activations forward, their
+    gradients backward), each over the link between the two sub-meshes, spread over the smaller one."""
+    g = split.graph
+    start = [sum(device_counts[:i]) for i in range(len(device_counts))]
     total = 0.0
-    for v, node in enumerate(ip.nodes):
-        if node.kind == "op" and sub.parent_op[node.key] not in split.microbatched:
-            total += ip.compute_costs[v][choices[v]]
+    received = {t for o in split.stage_ops(s) if o in split.microbatched for t in g.ops[o].inputs}
+    for t in sorted(received):
+        p = g.tensors[t].producer
+        if p is None or p not in split.microbatched or split.op_stage[p] == s:
+            continue
+        src = split.op_stage[p]
+        span = max(start[s] + device_counts[s], start[src] + device_counts[src]) - min(start[s], start[src])
+        link = next(l for l in cluster.links if l.span >= span)
+        total += g.tensors[t].nbytes / (link.bandwidth * min(device_counts[s], device_counts[src])) + link.latency
     return total
 
 

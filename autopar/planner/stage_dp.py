@@ -1,54 +1,296 @@
-"""Stage construction for ``PipeshardParallel(stages="auto")``.
+"""Stage construction for ``PipeshardParallel(stages="auto")``: a DP over layer ranges x sub-meshes.
 
 Consumes: ``trace_at(m)``, the full batch size, a ClusterSpec and the method. Produces: the best
-``StagedResult`` found. This version enumerates stage counts p (powers of two up to the layer and device
-counts) with equal sub-meshes and flops-balanced layer ranges, and the microbatch counts of
-``microbatch_candidates``; each candidate is planned by the intra-op planner, and the fastest plan that fits
-in memory is kept.
+``StagedResult`` found.
+
+1. Layer costs. Each layer (its forward, backward and update ops) is planned by the intra-op ILP on every
+   candidate sub-mesh (``submesh_options``: powers of two inside a node with a 1-D mesh, whole nodes across
+   as a (nodes, node) mesh) — once per distinct layer structure, so the work grows with the kinds of layer, not
+   with depth. A layer records its time per microbatch, its forward time (recomputed when rematerialized),
+   its update time, its one-microbatch memory peak, the activations it stashes per microbatch and the bytes
+   of its inputs.
+2. The DP (Alpa's, with memory): for a bound t_max on any stage's time, F[s][k][d] is the least sum of stage
+   times placing layers k.. into s stages on devices d..N-1, where a stage of n devices starts at a multiple of
+   n (inside a node) or of a node; a stage is allowed when its memory with the microbatches it keeps in flight
+   (min(s, m) for 1F1B, m for GPipe; a rematerialized stage keeps only its inputs for the others, and
+   recomputes its forward) fits. The objective is
+   F[s][0][0] + (m - 1) t_max; t_max runs over a geometric grid of the stage times.
+3. The best layout of each microbatch count is planned exactly (``plan_stages``: one ILP per distinct stage)
+   and the fastest plan kept.
+Stage costs add the layers' costs (resharding between layers inside a stage is not counted by the DP; the
+exact stage plan of step 3 counts it).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
 
 from autopar.cost_models.cluster import ClusterSpec
-from autopar.methods import PipeshardParallel
+from autopar.ir.graph import Graph, Section
+from autopar.ir.subgraph import structure_key
+from autopar.methods import PipeshardParallel, ShardParallel
 from autopar.pipeline.layers import op_layers
-from autopar.planner.pipeshard import StagedResult
+from autopar.pipeline.partition import split_stages
+from autopar.planner.pipeshard import (StagedResult, _compute_of, _parent_specs, _stash_bytes, stage_subgraph,
+                                       submesh_cluster)
 from autopar.planner.problem import InfeasibleMemoryError
+from autopar.planner.shard_parallel import plan_intra_op
+
+INF = float("inf")
+T_MAX_GRID = 24
 
 
-def stage_counts(layers: int, devices: int) -> list[int]:
-    out, p = [], 1
-    while p <= min(layers, devices):
-        if devices % p == 0:
-            out.append(p)
-        p *= 2
+@dataclass(frozen=True)
+class LayerCost:
+    t_mb: float        # forward + backward per microbatch
+    t_fwd: float       # forward compute (added when the stage is rematerialized)
+    t_apply: float
+    peak: float        # one-microbatch peak of the layer alone
+    stash: float       # activations kept from forward to backward, per microbatch
+    inputs: float      # its inputs' bytes per microbatch (what a rematerialized stage keeps)
+
+
+def submesh_options(cluster: ClusterSpec) -> list[tuple[int, tuple[int, ...]]]:
+    """(devices, logical mesh) pairs a stage may use: inside a node a power of two with a 1-D mesh (the ILP
+    splits each op over it as it likes: data, tensor or mixed), across nodes whole nodes as (nodes, node)."""
+    dpn, n_all = cluster.devices_per_node, cluster.num_devices
+    out: list[tuple[int, tuple[int, ...]]] = [(1 << i, (1 << i,)) for i in range(int(math.log2(dpn)) + 1)
+                                              if dpn % (1 << i) == 0 and (1 << i) <= n_all]
+    out += [(k * dpn, (k, dpn)) for k in range(2, cluster.nodes + 1) if cluster.nodes % k == 0]
     return out
 
 
-def search_stages(trace_at: Any, batch: int, cluster: ClusterSpec, method: PipeshardParallel, *,
-                  memory_budget: float | None, solver: str, time_limit_s: float | None) -> StagedResult:
-    from autopar.planner.pipelined import microbatch_candidates, plan_fixed
+def layer_costs(graph: Graph, layers: list[int | None], cluster: ClusterSpec, options: list[tuple[int, tuple[int, ...]]],
+                limit: float, solver: str, time_limit_s: float | None) -> tuple[list[list[LayerCost | None]], int]:
+    """costs[layer][option variant] (None where the layer does not fit), and the number of ILPs solved.
 
-    n = cluster.num_devices
-    probe = trace_at(1)
-    k = max((l for l in op_layers(probe, method.layers) if l is not None), default=0) + 1
-    best: StagedResult | None = None
-    errors: list[Exception] = []
-    for p in stage_counts(k, n):
-        ms = [method.num_microbatches] if method.num_microbatches else microbatch_candidates(batch, p, most=3)
-        for m in ms:
-            for remat in (False, True):
-                try:
-                    res = plan_fixed(trace_at(m), cluster, method.layers, p, [n // p] * p, [None] * p, [remat] * p,
-                                     m, method.schedule, memory_budget, solver, time_limit_s, method)
-                except InfeasibleMemoryError as e:
-                    errors.append(e)
-                    continue
-                if best is None or res.plan.estimate.step_time_s < best.plan.estimate.step_time_s * (1 - 1e-9):
-                    best = res
-                break
+    Each (devices, mesh) option has two variants: the layer's fastest plan, and its plan within its fair share
+    of device memory (``limit`` x the layer's share of the model state / the share of the devices), which a
+    stage holding many layers needs. The second is solved only when the fastest plan exceeds the share."""
+    k = max((l for l in layers if l is not None), default=-1) + 1
+    split = split_stages(graph, {l: l for l in range(k)}, k, op_layer=layers)
+    state_total = float(sum(graph.tensors[t].nbytes for t in graph.inputs
+                            if graph.tensors[t].role.value == "parameter")) or 1.0
+    memo: dict[tuple[str, int, float], LayerCost | None] = {}
+    solved = 0
+
+    def cost(sub: Any, key: str, l: int, oi: int, budget: float) -> LayerCost | None:
+        nonlocal solved
+        if (key, oi, budget) not in memo:
+            solved += 1
+            n, mesh = options[oi]
+            _t0 = time.perf_counter()
+            try:
+                res = plan_intra_op(sub.graph, submesh_cluster(cluster, n), ShardParallel(mesh_shape=mesh),
+                                    memory_budget=budget, solver=solver, time_limit_s=time_limit_s)
+            except (InfeasibleMemoryError, ValueError):
+                memo[(key, oi, budget)] = None
+            else:
+                specs = _parent_specs(sub, res)
+                apply_t = _compute_of(res, sub, lambda o: o not in split.microbatched)
+                est = res.plan.estimate
+                memo[(key, oi, budget)] = LayerCost(
+                    t_mb=max(est.step_time_s - apply_t, 0.0),
+                    t_fwd=_compute_of(res, sub, lambda o: graph.ops[o].section is Section.FORWARD),
+                    t_apply=apply_t, peak=est.peak_memory_bytes,
+                    stash=_stash_bytes(split, l, specs, res, False), inputs=_stash_bytes(split, l, specs, res, True))
+            import os
+            if os.environ.get("AUTOPAR_DEBUG_DP"):
+                print("ILP", l, options[oi], budget, f"{time.perf_counter() - _t0:.2f}s")
+        return memo[(key, oi, budget)]
+
+    out: list[list[LayerCost | None]] = []
+    for l in range(k):
+        sub = stage_subgraph(split, l)
+        key = structure_key(sub.graph)
+        state = float(sum(sub.graph.tensors[t].nbytes for t in sub.graph.inputs
+                          if sub.graph.tensors[t].role.value == "parameter"))
+        row: list[LayerCost | None] = []
+        for oi, (n, _) in enumerate(options):
+            fast = cost(sub, key, l, oi, INF)
+            share = limit * state / (state_total * n / cluster.num_devices)
+            # a multi-node stage shares its state over many devices already: its lean plan is left out (it is
+            # the slowest ILP of the search and rarely chosen)
+            lean = fast if fast is None or fast.peak <= share or n > cluster.devices_per_node \
+                else cost(sub, key, l, oi, round(share, -3))
+            row += [fast, lean]
+        out.append(row)
+    return out, solved
+
+
+def _range_tables(costs: list[list[LayerCost | None]], options: list[tuple[int, tuple[int, ...]]], m: int,
+                  schedule: str, limit: float, max_stages: int) -> tuple[np.ndarray, np.ndarray]:
+    """time[remat, o, k, j] of layers [k, j) as one stage, and fits[remat, o, k, j, s]: whether it fits with
+    s stages from it to the end (s = 1..max_stages)."""
+    k_all, n_opt = len(costs), len(options)
+    times = np.full((2, n_opt, k_all + 1, k_all + 1), INF)
+    fits = np.zeros((2, n_opt, k_all + 1, k_all + 1, max_stages + 1), dtype=bool)
+    for o in range(n_opt):
+        for k in range(k_all):
+            t = fwd = peak = stash = 0.0
+            ok = True
+            for j in range(k + 1, k_all + 1):
+                c = costs[j - 1][o]
+                if c is None:
+                    ok = False
+                if not ok:
+                    break
+                t, fwd, peak, stash = t + c.t_mb, fwd + c.t_fwd, peak + c.peak, stash + c.stash
+                inputs = costs[k][o].inputs  # type: ignore[union-attr]
+                times[0, o, k, j], times[1, o, k, j] = t, t + fwd
+                for s in range(1, max_stages + 1):
+                    keep = m if schedule == "gpipe" else min(s, m)
+                    fits[0, o, k, j, s] = peak + (keep - 1) * stash <= limit
+                    fits[1, o, k, j, s] = peak + (keep - 1) * inputs <= limit
+    return times, fits
+
+
+def stage_dp(costs: list[list[LayerCost | None]], options: list[tuple[int, tuple[int, ...]]], n_devices: int,
+             dpn: int, m: int, schedule: str, limit: float) -> list[tuple[int, int, int, bool]] | None:
+    """The best layout: a list of (first layer, end layer, option index, remat), or None when nothing fits."""
+    k_all = len(costs)
+    max_stages = min(k_all, n_devices)
+    times, fits = _range_tables(costs, options, m, schedule, limit, max_stages)
+    finite = np.unique(times[np.isfinite(times)])
+    if finite.size == 0:
+        return None
+    grid = np.unique(np.geomspace(finite.min(), finite.max(), T_MAX_GRID) * (1 + 1e-9)) \
+        if finite.size > T_MAX_GRID else finite * (1 + 1e-9)
+    d_idx = np.arange(n_devices + 1)
+    best: tuple[float, Any] | None = None
+    for t_max in grid:               # ascending: once (m - 1) t_max alone exceeds the best, nothing can win
+        if best is not None and (m - 1) * t_max >= best[0]:
+            break
+        total, choice = _dp_for(times, fits, options, n_devices, dpn, max_stages, t_max, d_idx)
+        for s in range(1, max_stages + 1):
+            v = total[s][0, 0]
+            if np.isfinite(v):
+                obj = v + (m - 1) * t_max
+                if best is None or obj < best[0]:
+                    best = (obj, (s, choice))
     if best is None:
-        raise errors[-1] if errors else ValueError("no pipeline layout could be planned")
-    return best
+        return None
+    s, choice = best[1]
+    layout, k, d = [], 0, 0
+    while s > 0:
+        j, o, r = choice[s][k, d]
+        layout.append((k, int(j), int(o), bool(r)))
+        k, d, s = int(j), d + options[int(o)][0], s - 1
+    return layout
+
+
+def _dp_for(times: np.ndarray, fits: np.ndarray, options: list[tuple[int, tuple[int, ...]]], n_devices: int,
+            dpn: int, max_stages: int, t_max: float, d_idx: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    k_all = times.shape[2] - 1
+    total = [np.full((k_all + 1, n_devices + 1), INF)]
+    total[0][k_all, n_devices] = 0.0
+    choice: list[Any] = [None]
+    for s in range(1, max_stages + 1):
+        cur = np.full((k_all + 1, n_devices + 1), INF)
+        arg = np.zeros((k_all + 1, n_devices + 1, 3), dtype=np.int64)
+        prev = total[s - 1]
+        if not np.isfinite(prev).any():
+            total.append(cur)
+            choice.append(arg)
+            continue
+        for o, (n, _) in enumerate(options):
+            aligned = (d_idx % (n if n <= dpn else dpn) == 0) & (d_idx + n <= n_devices)
+            shifted = np.full((k_all + 1, n_devices + 1), INF)
+            shifted[:, :n_devices + 1 - n] = prev[:, n:]
+            shifted[:, ~aligned] = INF
+            for r in (0, 1):
+                ok = fits[r, o, :, :, s] & (times[r, o] <= t_max)
+                if not ok.any():
+                    continue
+                a = np.where(ok, times[r, o], INF)
+                cand = a[:, :, None] + shifted[None, :, :]          # [k, j, d]
+                j_best = np.argmin(cand, axis=1)
+                v = np.take_along_axis(cand, j_best[:, None, :], axis=1)[:, 0, :]
+                better = v < cur
+                cur = np.where(better, v, cur)
+                arg[better] = np.stack([j_best, np.full_like(j_best, o), np.full_like(j_best, r)], axis=-1)[better]
+        total.append(cur)
+        choice.append(arg)
+    return total, choice
+
+
+def search_stages(trace_at: Callable[[int], Graph], batch: int, cluster: ClusterSpec, method: PipeshardParallel, *,
+                  memory_budget: float | None, solver: str, time_limit_s: float | None) -> StagedResult:
+    start = time.perf_counter()
+    options = submesh_options(cluster)
+    variants = [o for o in options for _ in ("fast", "lean")]
+    limit = memory_budget if memory_budget is not None else float(cluster.device.memory_bytes)
+    ms = [method.num_microbatches] if method.num_microbatches else microbatch_grid(batch)
+    best: StagedResult | None = None
+    log: list[dict[str, Any]] = []
+    for m in ms:
+        t0 = time.perf_counter()
+        graph = trace_at(m)
+        t1 = time.perf_counter()
+        layers = op_layers(graph, method.layers)
+        costs, solved = layer_costs(graph, layers, cluster, options, limit, solver, time_limit_s)
+        t2 = time.perf_counter()
+        res, entry = _plan_best_layout(graph, cluster, method, costs, variants, m, limit, memory_budget, solver,
+                                       time_limit_s)
+        log.append({"num_microbatches": m, "layer_ilps": solved, "trace_time_s": t1 - t0, "layer_time_s": t2 - t1,
+                    "stage_plan_time_s": time.perf_counter() - t2, **entry})
+        if res is not None and (best is None
+                                or res.plan.estimate.step_time_s < best.plan.estimate.step_time_s * (1 - 1e-9)):
+            best = res
+    if best is None:
+        why = "; ".join(f"{e['num_microbatches']} microbatches: {e.get('error', 'no layout fits')}" for e in log)
+        raise InfeasibleMemoryError(f"no pipeline layout fits in {limit / 2**30:.3g} GiB per device ({why}): use "
+                                    "more devices, a larger budget or a smaller batch", INF, limit)
+    search = dict(best.plan.search)
+    search.update({"search_time_s": time.perf_counter() - start, "stage_dp": log})
+    from dataclasses import replace
+
+    return replace(best, plan=replace(best.plan, search=search))
+
+
+DP_MEMORY_ROUNDS = 4
+
+
+def _plan_best_layout(graph: Graph, cluster: ClusterSpec, method: PipeshardParallel, costs: Any, variants: Any,
+                      m: int, limit: float, memory_budget: float | None, solver: str,
+                      time_limit_s: float | None) -> tuple[StagedResult | None, dict[str, Any]]:
+    """The DP's layout planned exactly. The DP adds layers' memory; when the exact stage plan needs more than
+    the limit, the DP runs again with its limit lowered by the overshoot (a few rounds)."""
+    from autopar.planner.pipelined import plan_fixed
+
+    dp_limit = limit
+    entry: dict[str, Any] = {"rounds": 0}
+    for _ in range(DP_MEMORY_ROUNDS):
+        entry["rounds"] += 1
+        layout = stage_dp(costs, variants, cluster.num_devices, cluster.devices_per_node, m, method.schedule,
+                          dp_limit)
+        entry["layout"] = layout
+        if layout is None:
+            entry["error"] = "no layout fits"
+            return None, entry
+        try:
+            res = plan_fixed(graph, cluster, method.layers, [j - k for k, j, _, _ in layout],
+                             [variants[o][0] for _, _, o, _ in layout], [variants[o][1] for _, _, o, _ in layout],
+                             [r for *_, r in layout], m, method.schedule, memory_budget, solver, time_limit_s, method)
+        except InfeasibleMemoryError as e:
+            entry["error"] = str(e)
+            need = e.min_budget_bytes if math.isfinite(e.min_budget_bytes) and e.min_budget_bytes > 0 else 2 * limit
+            dp_limit *= min(limit / need, 0.95)
+            continue
+        entry.pop("error", None)
+        return res, entry
+    return None, entry
+
+
+def microbatch_grid(batch: int) -> list[int]:
+    """Microbatch counts tried by the search: the whole batch as one, one sample per microbatch, and a quarter of
+    that (each dividing the batch)."""
+    out = {1, batch}
+    if batch >= 16 and batch % (batch // 4) == 0:
+        out.add(batch // 4)
+    return sorted(out)
