@@ -298,10 +298,10 @@ def _finite(ratios: Mapping[str, float]) -> dict[str, float | None]:
 
 # ---- the library call ------------------------------------------------------------------------------
 def _stage_programs(pf: Any, args: Sequence[Any], plan: Any) -> list[tuple[Any, Any]]:
-    """(StagePlan, lowered program) per stage. A ParallelFunction with ``lower_stages`` (pipelines) gives one
-    lowered program per stage; otherwise the single SPMD program of ``lower``."""
-    if hasattr(pf, "lower_stages"):
-        return list(zip(plan.stages, pf.lower_stages(*args)))
+    """(StagePlan, lowered program): the single SPMD program of ``lower``."""
+    if "stage_layers" in (plan.method_options or {}):
+        raise ValueError("auditing pipelined / microbatched plans is not supported yet: their programs are "
+                         "per stage and per phase (ParallelFunction.lower_pieces gives each one's lowering)")
     if len(plan.stages) != 1:
         raise ValueError(f"the plan has {len(plan.stages)} stages but this autopar can compile only single-stage "
                          "plans for an audit")

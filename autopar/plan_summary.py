@@ -25,8 +25,7 @@ def plan_summary(plan: "Plan", max_inputs: int = 12) -> str:
         f"autopar plan {plan.fingerprint()}: method {plan.method}, mesh {mesh}, "
         f"cluster {plan.cluster.get('name', '?')} "
         f"({plan.cluster.get('nodes', '?')} node(s) x {plan.cluster.get('devices_per_node', '?')})",
-        f"  step {e.step_time_s * 1e3:.3f} ms = compute {e.compute_time_s * 1e3:.3f} ms + communication "
-        f"{e.comm_time_s * 1e3:.3f} ms; bubble {e.bubble_fraction:.1%}; MFU {e.mfu:.1%}",
+        _step_line(plan),
         f"  peak memory per device {human_bytes(e.peak_memory_bytes)}; flops {e.flops:.3e}",
     ]
     if e.comm_bytes:
@@ -34,15 +33,34 @@ def plan_summary(plan: "Plan", max_inputs: int = 12) -> str:
                          for k, v in sorted(e.comm_bytes.items()))
         lines.append(f"  collectives per device: {coll}")
     search = plan.search or {}
-    if "search_time_s" in search:
+    opts = plan.method_options or {}
+    if "stage_layers" in opts and "search_time_s" in search:
+        lines.append(f"  search {search['search_time_s']:.2f} s; {len(plan.stages)} stage(s), layers "
+                     f"{opts['stage_layers']}, {opts.get('num_microbatches')} microbatches, {opts.get('schedule')}, "
+                     f"rematerialized stages {[i for i, r in enumerate(opts.get('remat', [])) if r]}")
+    elif "search_time_s" in search:
         ilp = search.get("ilp", {})
         lines.append(f"  search {search['search_time_s']:.2f} s over {len(search.get('meshes', []))} mesh(es); "
                      f"ILP {ilp.get('nodes', '?')} nodes, {ilp.get('variables', '?')} variables "
                      f"({search.get('solver', '?')}, {ilp.get('status', '?')})")
     for stage in plan.stages:
-        lines.append(f"  {stage.name}: mesh {stage.mesh_shape} devices {stage.devices[0]}..{stage.devices[-1]}")
+        per_mb = f"; {stage.estimate.step_time_s * 1e3:.3f} ms per microbatch, peak " \
+            f"{human_bytes(stage.estimate.peak_memory_bytes)}" if "stage_layers" in opts else ""
+        lines.append(f"  {stage.name}: mesh {stage.mesh_shape} devices {stage.devices[0]}..{stage.devices[-1]}"
+                     f"{per_mb}")
         for name, spec in stage.input_specs[:max_inputs]:
             lines.append(f"    {name:<48} {_spec_text(spec)}")
         if len(stage.input_specs) > max_inputs:
             lines.append(f"    ... {len(stage.input_specs) - max_inputs} more inputs")
     return "\n".join(lines)
+
+
+def _step_line(plan: "Plan") -> str:
+    e = plan.estimate
+    tail = f"bubble {e.bubble_fraction:.1%}; MFU {e.mfu:.1%}"
+    if "stage_layers" in (plan.method_options or {}):   # totals over stages and microbatches do not add up to it
+        return (f"  step {e.step_time_s * 1e3:.3f} ms (pipeline: sum of stage times + (m - 1) x the slowest + the "
+                f"slowest update; device-time totals: compute {e.compute_time_s * 1e3:.3f} ms, communication "
+                f"{e.comm_time_s * 1e3:.3f} ms); {tail}")
+    return (f"  step {e.step_time_s * 1e3:.3f} ms = compute {e.compute_time_s * 1e3:.3f} ms + communication "
+            f"{e.comm_time_s * 1e3:.3f} ms; {tail}")

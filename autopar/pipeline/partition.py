@@ -14,6 +14,8 @@ Rules:
   stage that reads it). Ops on inputs with no home (a step counter, its bias corrections) are cheap and are
   copied into every apply piece that needs them. Apply work that mixes stages (a global gradient norm) is cut
   into waves: wave w of a stage runs after every wave < w of every stage.
+- A sum of gradient contributions from different stages (a parameter two stages share, e.g. a tied
+  embedding) moves to the apply part: each stage averages its own contribution, and they are added once.
 - Values the per-microbatch part hands to the apply part (gradients, the loss) are averaged over microbatches
   when they depend on the batch (exact for a mean loss) and taken from the last microbatch otherwise.
 Refuses: an averaged value that is not floating point (it cannot be averaged) — ValueError naming it.
@@ -135,7 +137,7 @@ def split_stages(g: Graph, layer_stage: Mapping[int, int], num_stages: int,
     """Cut ``g`` into ``num_stages`` stages; ``layer_stage[layer]`` is the stage of each layer."""
     layers = list(op_layer) if op_layer is not None else [op.layer for op in g.ops]
     stage = assign_microbatched(g, layers, layer_stage)
-    mb = frozenset(op.id for op in g.ops if op.section is not Section.OPTIMIZER)
+    mb = _deferred_sums(g, stage, frozenset(op.id for op in g.ops if op.section is not Section.OPTIMIZER))
 
     home: dict[int, int] = {}
     for op in g.ops:
@@ -176,6 +178,27 @@ def split_stages(g: Graph, layer_stage: Mapping[int, int], num_stages: int,
                       microbatched=mb, averaged=averaged,
                       last_value=tuple(t for t in handed if t not in batch_dep), batch_dependent=batch_dep,
                       copied=frozenset(op.id for op in g.ops if op.id not in mb and stage[op.id] is None))
+
+
+SUMS = ("add_any", "add")
+
+
+def _deferred_sums(g: Graph, stage: list[int | None], mb: frozenset[int]) -> frozenset[int]:
+    """Leave out of the per-microbatch part the sums of gradient contributions made on different stages (a
+    parameter shared by two stages, such as a tied embedding) that feed only the update: each contribution is
+    averaged on its own stage and they are added once per step, instead of sending one every microbatch."""
+    out = set(mb)
+    for op in reversed(g.ops):
+        if op.id not in out or op.primitive not in SUMS or op.section is not Section.BACKWARD:
+            continue
+        if not all(not g.tensors[t].is_output and all(c not in out for c in g.tensors[t].consumers)
+                   for t in op.outputs):
+            continue
+        sources = {stage[g.tensors[t].producer] for t in op.inputs
+                   if g.tensors[t].producer is not None and g.tensors[t].producer in out}
+        if len(sources) > 1 or any(s != stage[op.id] for s in sources):
+            out.discard(op.id)
+    return frozenset(out)
 
 
 def _mb_pieces(g: Graph, stage: list[int | None], mb: frozenset[int], num_stages: int) -> list[Piece]:

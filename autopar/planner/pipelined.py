@@ -41,7 +41,8 @@ def microbatch_candidates(batch: int, at_least: int = 1, most: int = 6) -> list[
 
 def plan_fixed(graph: Graph, cluster: ClusterSpec, layers_opt: str | int, stage_layer_counts: list[int] | int,
                devices: list[int], logical: list[tuple[int, ...] | None], remat: list[bool], m: int, schedule: str,
-               memory_budget: float | None, solver: str, time_limit_s: float | None, method: Method) -> StagedResult:
+               memory_budget: float | None, solver: str, time_limit_s: float | None, method: Method,
+               batch_on_first_axis: bool = False) -> StagedResult:
     layers = op_layers(graph, layers_opt)
     k = max((l for l in layers if l is not None), default=-1) + 1
     if isinstance(stage_layer_counts, int):
@@ -58,7 +59,7 @@ def plan_fixed(graph: Graph, cluster: ClusterSpec, layers_opt: str | int, stage_
             starts.append(starts[-1] + c)
         ranges = [(starts[i], starts[i + 1]) for i in range(len(stage_layer_counts))]
     layout = StageLayout(layer_ranges=tuple(ranges), device_counts=tuple(devices), logical_meshes=tuple(logical),
-                         remat=tuple(remat))
+                         remat=tuple(remat), batch_on_first_axis=batch_on_first_axis)
     opts = method_options(method)
     opts["layers"] = layers_opt
     return plan_stages(graph, cluster, layout, num_microbatches=m, schedule=schedule, op_layer=layers,
@@ -101,11 +102,15 @@ def plan_pipelined(trace_at: TraceAt, batch: int, cluster: ClusterSpec, method: 
         remat = method.remat != "none"
         return plan_fixed(trace_at(m), cluster, method.pp, method.pp, [method.dp * method.tp] * method.pp,
                           [(method.dp, method.tp)] * method.pp, [remat] * method.pp, m, "1f1b", memory_budget,
-                          solver, time_limit_s, method)
+                          solver, time_limit_s, method, batch_on_first_axis=True)
     if not isinstance(method, PipeshardParallel):
         raise TypeError(f"plan_pipelined does not plan {type(method).__name__}")
     if method.stages == "auto":
         from autopar.planner.stage_dp import search_stages
+
+        if method.submeshes is not None or method.logical_meshes is not None:
+            raise ValueError("stages='auto' searches the sub-meshes and logical meshes itself; give stages as a "
+                             "count or a list of layer counts to fix submeshes= / logical_meshes=")
 
         return search_stages(trace_at, batch, cluster, method, memory_budget=memory_budget, solver=solver,
                              time_limit_s=time_limit_s)

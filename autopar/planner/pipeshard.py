@@ -38,6 +38,7 @@ class StageLayout:
     device_counts: tuple[int, ...]
     logical_meshes: tuple[tuple[int, ...] | None, ...]  # None: search the factorisations
     remat: tuple[bool, ...]
+    batch_on_first_axis: bool = False                    # Manual3D: the batch goes on the dp axis
 
     @property
     def num_stages(self) -> int:
@@ -45,6 +46,13 @@ class StageLayout:
 
     def layer_stage(self) -> dict[int, int]:
         return {layer: s for s, (a, b) in enumerate(self.layer_ranges) for layer in range(a, b)}
+
+
+@dataclass(frozen=True)
+class DataTensorShard(ShardParallel):
+    """A Manual3D stage: ShardParallel on a (dp, tp) mesh with the batch split over the first (dp) axis only."""
+
+    batch_axis: str = "x"
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,10 @@ def plan_stages(graph: Graph, cluster: ClusterSpec, layout: StageLayout, *, num_
     if sum(layout.device_counts) > cluster.num_devices:
         raise ValueError(f"the stages use {sum(layout.device_counts)} devices but the cluster has "
                          f"{cluster.num_devices}")
+    if num_microbatches > 1 and not any(op.section is Section.BACKWARD for op in graph.ops):
+        raise ValueError("microbatching averages what each microbatch hands to the update, which is only right for "
+                         "a training step: this step has no backward pass (take gradients with "
+                         "autopar.value_and_grad / autopar.grad), so use num_microbatches=1")
     split = split_stages(graph, layout.layer_stage(), layout.num_stages, op_layer=op_layer)
     results, stage_plans, mb_times, apply_times, peaks = [], [], [], [], []
     offset = 0
@@ -100,8 +112,10 @@ def plan_stages(graph: Graph, cluster: ClusterSpec, layout: StageLayout, *, num_
         keep = in_flight(schedule, layout.num_stages, m, s)
         key = (structure_key(sub.graph), n, layout.logical_meshes[s], keep, layout.remat[s])
         if key not in memo:   # structurally identical stages (the middle of a deep model) are planned once
+            stage_method = (DataTensorShard(mesh_shape=layout.logical_meshes[s]) if layout.batch_on_first_axis
+                            else ShardParallel(mesh_shape=layout.logical_meshes[s]))
             try:
-                memo[key] = _plan_stage(split, s, sub, submesh_cluster(cluster, n), layout.logical_meshes[s],
+                memo[key] = _plan_stage(split, s, sub, submesh_cluster(cluster, n), stage_method,
                                         keep, layout.remat[s], m, limit, solver, time_limit_s)
             except InfeasibleMemoryError as e:
                 a, b = layout.layer_ranges[s]
@@ -148,11 +162,12 @@ def plan_stages(graph: Graph, cluster: ClusterSpec, layout: StageLayout, *, num_
     return StagedResult(plan=plan, split=split, stages=tuple(results))
 
 
-def _plan_stage(split: StageSplit, s: int, sub: Subgraph, cluster: ClusterSpec, mesh: Any, keep: int, remat: bool,
+def _plan_stage(split: StageSplit, s: int, sub: Subgraph, cluster: ClusterSpec, method: ShardParallel, keep: int,
+                remat: bool,
                 m: int, limit: float, solver: str, time_limit_s: float | None) -> IntraOpResult:
     """The stage's fastest intra-op plan; when it, with the microbatches it keeps in flight, is over ``limit``,
     planned again with the one-microbatch budget reduced by what they hold."""
-    res = plan_intra_op(sub.graph, cluster, ShardParallel(mesh_shape=mesh), memory_budget=math.inf, solver=solver,
+    res = plan_intra_op(sub.graph, cluster, method, memory_budget=math.inf, solver=solver,
                         time_limit_s=time_limit_s)
     specs = _parent_specs(sub, res)
     held = max(keep - 1, 0) * _stash_bytes(split, s, specs, res, remat) + (
@@ -160,7 +175,7 @@ def _plan_stage(split: StageSplit, s: int, sub: Subgraph, cluster: ClusterSpec, 
     if res.plan.estimate.peak_memory_bytes + held <= limit or held >= limit:
         return res
     try:
-        return plan_intra_op(sub.graph, cluster, ShardParallel(mesh_shape=mesh), memory_budget=limit - held,
+        return plan_intra_op(sub.graph, cluster, method, memory_budget=limit - held,
                              solver=solver, time_limit_s=time_limit_s)
     except InfeasibleMemoryError:
         return res     # reported by the caller with the stage's full need

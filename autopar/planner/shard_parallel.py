@@ -88,6 +88,8 @@ def _all_axes_filter(mesh: LogicalMesh) -> Callable[[Any, ShardingSpec], bool]:
 
 def input_filter_for(method: Method, graph: Graph, mesh: LogicalMesh) -> Callable[[Any, ShardingSpec], bool] | None:
     """The input-spec constraint a method puts on the ILP (None: free)."""
+    if isinstance(method, ShardParallel) and getattr(method, "batch_axis", None) in mesh.axis_names:
+        return _batch_on_axis(method.batch_axis, mesh)  # type: ignore[attr-defined]
     if not isinstance(method, (DataParallel, ZeroParallel)):
         return None
     all_axes = tuple(a for a, s in zip(mesh.axis_names, mesh.shape) if s > 1)
@@ -102,6 +104,18 @@ def input_filter_for(method: Method, graph: Graph, mesh: LogicalMesh) -> Callabl
         if sharded_state and t.shape and any(d % mesh.num_devices == 0 for d in t.shape):
             return set(spec.axes()) == set(all_axes)
         return spec.is_replicated
+
+    return allow
+
+
+def _batch_on_axis(axis: str, mesh: LogicalMesh) -> Callable[[Any, ShardingSpec], bool]:
+    """Megatron's layout (``Manual3D``): batch inputs split on ``axis`` alone (data parallel), others free."""
+    size = mesh.shape[mesh.axis_names.index(axis)]
+
+    def allow(t: Any, spec: ShardingSpec) -> bool:
+        if t.role is not Role.BATCH or size == 1 or not t.shape or t.shape[0] % size:
+            return True
+        return bool(spec.dims) and spec.dims[0] == (axis,)
 
     return allow
 

@@ -151,7 +151,8 @@ def _range_tables(costs: list[list[LayerCost | None]], options: list[tuple[int, 
 
 
 def stage_dp(costs: list[list[LayerCost | None]], options: list[tuple[int, tuple[int, ...]]], n_devices: int,
-             dpn: int, m: int, schedule: str, limit: float) -> list[tuple[int, int, int, bool]] | None:
+             dpn: int, m: int, schedule: str, limit: float,
+             remat_choices: tuple[int, ...] = (0, 1)) -> list[tuple[int, int, int, bool]] | None:
     """The best layout: a list of (first layer, end layer, option index, remat), or None when nothing fits."""
     k_all = len(costs)
     max_stages = min(k_all, n_devices)
@@ -166,7 +167,7 @@ def stage_dp(costs: list[list[LayerCost | None]], options: list[tuple[int, tuple
     for t_max in grid:               # ascending: once (m - 1) t_max alone exceeds the best, nothing can win
         if best is not None and (m - 1) * t_max >= best[0]:
             break
-        total, choice = _dp_for(times, fits, options, n_devices, dpn, max_stages, t_max, d_idx)
+        total, choice = _dp_for(times, fits, options, n_devices, dpn, max_stages, t_max, d_idx, remat_choices)
         for s in range(1, max_stages + 1):
             v = total[s][0, 0]
             if np.isfinite(v):
@@ -185,7 +186,8 @@ def stage_dp(costs: list[list[LayerCost | None]], options: list[tuple[int, tuple
 
 
 def _dp_for(times: np.ndarray, fits: np.ndarray, options: list[tuple[int, tuple[int, ...]]], n_devices: int,
-            dpn: int, max_stages: int, t_max: float, d_idx: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+            dpn: int, max_stages: int, t_max: float, d_idx: np.ndarray,
+            remat_choices: tuple[int, ...] = (0, 1)) -> tuple[list[np.ndarray], list[np.ndarray]]:
     k_all = times.shape[2] - 1
     total = [np.full((k_all + 1, n_devices + 1), INF)]
     total[0][k_all, n_devices] = 0.0
@@ -203,7 +205,7 @@ def _dp_for(times: np.ndarray, fits: np.ndarray, options: list[tuple[int, tuple[
             shifted = np.full((k_all + 1, n_devices + 1), INF)
             shifted[:, :n_devices + 1 - n] = prev[:, n:]
             shifted[:, ~aligned] = INF
-            for r in (0, 1):
+            for r in remat_choices:
                 ok = fits[r, o, :, :, s] & (times[r, o] <= t_max)
                 if not ok.any():
                     continue
@@ -267,8 +269,13 @@ def _plan_best_layout(graph: Graph, cluster: ClusterSpec, method: PipeshardParal
     entry: dict[str, Any] = {"rounds": 0}
     for _ in range(DP_MEMORY_ROUNDS):
         entry["rounds"] += 1
+        remat = method.remat
+        choices = (0, 1) if remat == "auto" else ((1,) if remat is True else (0,) if remat is False else None)
+        if choices is None:
+            raise ValueError(f"remat={remat!r} with stages='auto': give 'auto', True or False (a per-stage list "
+                             "needs a fixed stage count)")
         layout = stage_dp(costs, variants, cluster.num_devices, cluster.devices_per_node, m, method.schedule,
-                          dp_limit)
+                          dp_limit, choices)
         entry["layout"] = layout
         if layout is None:
             entry["error"] = "no layout fits"

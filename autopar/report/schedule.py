@@ -2,7 +2,8 @@
 
 Consumes: a Plan (per-stage ``estimate.step_time_s``; ``method_options["num_microbatches"]`` and
 ``["schedule"]`` = ``"1f1b"`` | ``"gpipe"``). Produces: ``Slot``s (stage, microbatch, "F"/"B", start, end) for
-the Gantt chart. A stage's time per microbatch is its step time / microbatches, split forward : backward =
+the Gantt chart. A stage's time per microbatch (a pipelined plan's stage estimate; otherwise the stage's step
+time / microbatches) is split forward : backward =
 1 : 2 (``FORWARD_SHARE``; the backward pass does two matmuls per forward one). A single stage gives one
 forward and one backward slot per microbatch, back to back.
 Refuses: nothing; a plan without microbatches is drawn with one.
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from autopar.pipeline.schedule import stage_order
 
 __all__ = ["FORWARD_SHARE", "Slot", "pipeline_schedule", "task_order"]
 
@@ -28,20 +31,11 @@ class Slot:
 
 
 def task_order(num_stages: int, num_micro: int, stage: int, schedule: str) -> list[tuple[str, int]]:
-    """The order stage ``stage`` runs its tasks: GPipe all forwards then all backwards; 1F1B warms up with
-    ``num_stages - stage - 1`` forwards, then alternates one forward and one backward, then drains."""
-    if schedule == "gpipe" or num_stages == 1:
-        if num_stages == 1:
-            return [t for m in range(num_micro) for t in (("F", m), ("B", m))]
-        return [("F", m) for m in range(num_micro)] + [("B", m) for m in range(num_micro)]
-    warm = min(num_stages - stage - 1, num_micro)
-    order = [("F", m) for m in range(warm)]
-    f, b = warm, 0
-    while f < num_micro:
-        order += [("F", f), ("B", b)]
-        f, b = f + 1, b + 1
-    order += [("B", m) for m in range(b, num_micro)]
-    return order
+    """The order stage ``stage`` runs its tasks (``autopar.pipeline.schedule``), as ("F" | "B", microbatch)."""
+    if num_stages == 1:   # one stage: each microbatch's forward and backward back to back (1F1B with no warm-up)
+        schedule = "1f1b"
+    return [("F" if phase == "forward" else "B", mb) for phase, mb in stage_order(schedule, num_stages, num_micro,
+                                                                                  stage)]
 
 
 def pipeline_schedule(plan: Any) -> list[Slot]:
@@ -49,8 +43,10 @@ def pipeline_schedule(plan: Any) -> list[Slot]:
     micro = int(opts.get("num_microbatches") or 1)
     schedule = str(opts.get("schedule") or "1f1b")
     n = len(plan.stages)
-    fwd = [s.estimate.step_time_s / micro * FORWARD_SHARE for s in plan.stages]
-    bwd = [s.estimate.step_time_s / micro * (1 - FORWARD_SHARE) for s in plan.stages]
+    # pipelined plans (their method_options name stage_layers) give each stage's time per microbatch already
+    per_micro = [s.estimate.step_time_s / (1 if "stage_layers" in opts else micro) for s in plan.stages]
+    fwd = [t * FORWARD_SHARE for t in per_micro]
+    bwd = [t * (1 - FORWARD_SHARE) for t in per_micro]
     orders = [task_order(n, micro, s, schedule) for s in range(n)]
     done: dict[tuple[int, str, int], float] = {}
     free = [0.0] * n
