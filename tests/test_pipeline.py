@@ -16,9 +16,19 @@ from bench.models import MODELS
 from tests.test_parallelize import RTOL, _adam_masks, _moment_scales, max_rel_error
 
 
+def _gpt_4layer(batch_size: int) -> Any:
+    """gpt_tiny with 4 blocks: 5 marked layers (the blocks, then the head), enough for 4 stages."""
+    from bench.models.gpt import gpt
+
+    return gpt(64, 4, 4, 16, 128, batch_size, abstract=False)
+
+
+FACTORIES = {**MODELS, "gpt_4layer": _gpt_4layer}
+
+
 @functools.lru_cache(maxsize=None)
 def _fixture(name: str, batch: int) -> tuple[Any, tuple[Any, ...]]:
-    step, args = MODELS[name](batch_size=batch)
+    step, args = FACTORIES[name](batch_size=batch)
     return step, tuple(args)
 
 
@@ -65,6 +75,8 @@ SLOW = [
     ("gpt_tiny", 8, dict(stages=2, num_microbatches=4, schedule="1f1b", remat=True)),
     ("gpt_tiny", 8, dict(stages=2, num_microbatches=8, schedule="gpipe", remat=True)),
     ("gpt_tiny", 8, dict(stages=[1, 1, 1], submeshes=[2, 2, 4], num_microbatches=4, schedule="1f1b", remat=False)),
+    ("gpt_4layer", 8, dict(stages=4, num_microbatches=4, schedule="1f1b", remat=False)),
+    ("gpt_4layer", 8, dict(stages=4, num_microbatches=8, schedule="gpipe", remat=True)),
     ("wresnet_tiny", 8, dict(stages=2, submeshes=[4, 2], num_microbatches=8, schedule="1f1b", remat=False)),
     ("wresnet_tiny", 8, dict(stages=2, submeshes=[2, 4], num_microbatches=1, schedule="1f1b", remat=True)),
     ("mlp_tiny", 8, dict(stages=2, num_microbatches=2, schedule="gpipe", remat=False)),
