@@ -34,7 +34,7 @@ AXIS_NAMES = ("x", "y", "z")
 # Seconds one mesh's ILP may take before its best plan so far is used (with a warning); None: no limit.
 DEFAULT_TIME_LIMIT_S = 60.0
 # Seconds the whole multi-mesh search may take before the meshes not yet tried are skipped (with a warning).
-DEFAULT_SEARCH_DEADLINE_S = 25.0
+DEFAULT_SEARCH_DEADLINE_S = 20.0
 # Each mesh after the first gets the time left before the deadline divided by the meshes left, at least this.
 MIN_MESH_LIMIT_S = 1.0
 
