@@ -83,7 +83,7 @@ def _cond_flops(g: "Graph", op: "Op") -> float:
 ELEMENTWISE = frozenset("""
 add add_any sub mul div rem pow integer_pow max min neg abs sign floor ceil round exp exp2 log log1p expm1
 tanh logistic sin cos tan asin acos atan atan2 sinh cosh asinh acosh atanh sqrt rsqrt cbrt erf erfc erf_inv
-lgamma digamma igamma select_n clamp square reciprocal nextafter is_finite eq ne lt le gt ge and or not xor
+lgamma digamma igamma select_n clamp square one_minus_square reciprocal nextafter is_finite eq ne lt le gt ge and or not xor
 shift_left shift_right_logical shift_right_arithmetic population_count conj real imag complex
 """.split())
 

@@ -15,7 +15,7 @@ ELEMENTWISE_PRIMITIVES = tuple("""
 add add_any sub mul div rem pow integer_pow max min neg abs sign floor ceil round exp exp2 log log1p expm1
 tanh logistic sin cos tan asin acos atan atan2 sinh cosh asinh acosh atanh sqrt rsqrt cbrt erf erfc erf_inv
 lgamma digamma igamma igammac igamma_grad_a random_gamma_grad bessel_i0e bessel_i1e polygamma zeta
-select_n clamp square reciprocal nextafter is_finite eq ne lt le gt ge and or not xor
+select_n clamp square one_minus_square reciprocal nextafter is_finite eq ne lt le gt ge and or not xor
 shift_left shift_right_logical shift_right_arithmetic population_count clz conj real imag complex
 convert_element_type bitcast_convert_type reduce_precision copy copy_p stop_gradient
 """.split())
