@@ -290,14 +290,37 @@ def _plan_best_layout(graph: Graph, cluster: ClusterSpec, method: PipeshardParal
             dp_limit *= min(limit / need, 0.95)
             continue
         entry.pop("error", None)
-        return res, entry
+        return _rebalanced(graph, cluster, method, layout, variants, m, memory_budget, solver, time_limit_s, res,
+                           entry), entry
     return None, entry
 
 
+def _rebalanced(graph: Graph, cluster: ClusterSpec, method: PipeshardParallel, layout: Any, variants: Any, m: int,
+                memory_budget: float | None, solver: str, time_limit_s: float | None, res: StagedResult,
+                entry: dict[str, Any]) -> StagedResult:
+    """The DP adds per-layer costs, which the exact stage plans do not always follow. When its stages use equal
+    sub-meshes, the same stages with flops-balanced layer ranges are planned exactly too (structurally equal
+    stages are planned once), and the faster plan is kept."""
+    from autopar.planner.pipelined import plan_fixed
+
+    opts = {variants[o] for _, _, o, _ in layout}
+    if len(layout) < 2 or len(opts) != 1:
+        return res
+    (n, mesh), = opts
+    remat = [r for *_, r in layout]
+    try:
+        alt = plan_fixed(graph, cluster, method.layers, len(layout), [n] * len(layout), [mesh] * len(layout),
+                         remat, m, method.schedule, memory_budget, solver, time_limit_s, method)
+    except InfeasibleMemoryError:
+        return res
+    entry["balanced_step_time_s"] = alt.plan.estimate.step_time_s
+    return alt if alt.plan.estimate.step_time_s < res.plan.estimate.step_time_s * (1 - 1e-9) else res
+
+
 def microbatch_grid(batch: int) -> list[int]:
-    """Microbatch counts tried by the search: the whole batch as one, one sample per microbatch, and a quarter of
-    that (each dividing the batch)."""
+    """Microbatch counts tried by the search: the whole batch as one, one sample per microbatch, and eight
+    samples per microbatch (each dividing the batch)."""
     out = {1, batch}
-    if batch >= 16 and batch % (batch // 4) == 0:
-        out.add(batch // 4)
+    if batch >= 16 and batch % 8 == 0:
+        out.add(batch // 8)
     return sorted(out)
