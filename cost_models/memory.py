@@ -20,6 +20,7 @@ The model of temporaries follows what XLA does to a jaxpr before it allocates bu
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -124,9 +125,26 @@ def _fused(g: "Graph", t: "Tensor", mat: dict[int, bool]) -> bool:
     return g.ops[t.producer].primitive in FUSIBLE and not _writes_into_output(g, t)
 
 
+_STRUCTURE: "weakref.WeakKeyDictionary[Graph, tuple[dict[int, bool], dict[int, int]]]" = weakref.WeakKeyDictionary()
+
+
+def _structure(g: "Graph") -> tuple[dict[int, bool], dict[int, int]]:
+    """Which values get buffers and where each is last read: mesh-independent, so computed once per graph (the
+    planner estimates one graph on many meshes)."""
+    hit = _STRUCTURE.get(g)
+    if hit is None:
+        mat = {t.id: materialised(g, t) for t in g.tensors}
+        hit = (mat, _last_uses(g, mat))
+        _STRUCTURE[g] = hit
+    return hit
+
+
 def last_uses(g: "Graph") -> dict[int, int]:
     """tensor id -> the last op that reads it, directly or through fused values computed from it."""
-    mat = {t.id: materialised(g, t) for t in g.tensors}
+    return dict(_structure(g)[1])
+
+
+def _last_uses(g: "Graph", mat: dict[int, bool]) -> dict[int, int]:
     reach: dict[int, int] = {}  # op id -> last op at which that op's (fused) result is read
     for op in reversed(g.ops):
         r = op.id
@@ -160,9 +178,9 @@ def estimate_memory(g: "Graph", tensor_bytes: TensorBytes | None = None,
 
     last_use: dict[int, int] = {}
     live_from: dict[int, float] = {}
-    uses = last_uses(g)
+    mat, uses = _structure(g)
     for t in g.tensors:
-        if materialised(g, t):
+        if mat[t.id]:
             live_from[t.id] = size(t)
             last_use[t.id] = uses[t.id]
     frees: dict[int, list[int]] = {}
