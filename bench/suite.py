@@ -23,11 +23,11 @@ Suite file schema (TOML shown; JSON takes the same keys)::
 
 from __future__ import annotations
 
-import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+from autopar.cost_models.cluster import read_description
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 BUILTIN_SUITES = ("ci", "full")
@@ -173,15 +173,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
         p = SUITES_DIR / f"{name_or_path}.toml"
     elif p.suffix.lower() not in (".toml", ".json"):
         raise ValueError(f"--suite {name_or_path!s}: use {' or '.join(BUILTIN_SUITES)} or a .toml/.json suite file")
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise ValueError(f"suite file {p}: cannot read it ({e.strerror})") from None
-    try:
-        data = tomllib.loads(text) if p.suffix.lower() == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"suite file {p}: not valid {p.suffix[1:].upper()}: {e}") from None
-    return suite_from_dict(data, str(p))
+    return suite_from_dict(read_description(p, "suite file"), str(p))
 
 
 def cluster_for(case: Case) -> Any:

@@ -95,16 +95,8 @@ class ClusterSpec:
     @classmethod
     def from_file(cls, path: str | Path) -> ClusterSpec:
         """Load a cluster description or a calibration profile (``.toml`` or ``.json``)."""
-        p = Path(path)
         where = str(path)
-        try:
-            text = p.read_text()
-        except OSError as e:
-            raise ValueError(f"{where}: cannot read cluster file ({e.strerror})") from None
-        try:
-            data = tomllib.loads(text) if p.suffix.lower() == ".toml" else json.loads(text)
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{where}: not valid {'TOML' if p.suffix.lower() == '.toml' else 'JSON'}: {e}") from None
+        data = read_description(path, "cluster file")
         if not isinstance(data, dict):
             raise ValueError(f"{where}: top level must be a table/object, got {type(data).__name__}")
         return cls.from_dict(data, where=where)
@@ -175,6 +167,19 @@ class ClusterSpec:
 
     def __str__(self) -> str:
         return self.describe()
+
+
+def read_description(path: str | Path, what: str) -> Any:
+    """The parsed contents of a ``.toml`` or ``.json`` file; a ValueError naming the file says what is wrong."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read {what} ({e.strerror})") from None
+    try:
+        return tomllib.loads(text) if p.suffix.lower() == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not valid {'TOML' if p.suffix.lower() == '.toml' else 'JSON'}: {e}") from None
 
 
 def group_link(axes: Sequence[AxisLink]) -> AxisLink:

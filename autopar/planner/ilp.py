@@ -279,16 +279,7 @@ def lp_lower_bound(problem: ShardingProblem, time_limit_s: float | None = None) 
     if s is None:
         return None
     vs = [s.NumVar(0.0, 1.0, f"x{k}") for k in range(len(m.obj))]
-    inf = s.infinity()
-    for ids, coefs, lo, hi in m.rows:
-        ct = s.Constraint(-inf if lo == -math.inf else lo, inf if hi == math.inf else hi)
-        for i, c in zip(ids, coefs):
-            ct.SetCoefficient(vs[i], c)
-    obj = s.Objective()
-    for v, c in zip(vs, m.obj):
-        if c:
-            obj.SetCoefficient(v, c)
-    obj.SetMinimization()
+    _load_linear(s, vs, m)
     if time_limit_s is not None:
         s.SetTimeLimit(int(math.ceil(time_limit_s * 1000)))
     if s.Solve() != pywraplp.Solver.OPTIMAL:
@@ -359,6 +350,20 @@ def _raise_infeasible(p: ShardingProblem, backend: str, time_limit_s: float | No
         need, p.memory_budget)
 
 
+def _load_linear(s: Any, vs: list[Any], m: _Model) -> None:
+    """Rows and the minimised objective of ``m`` into an OR-Tools linear solver over variables ``vs``."""
+    inf = s.infinity()
+    for ids, coefs, lo, hi in m.rows:
+        ct = s.Constraint(-inf if lo == -math.inf else lo, inf if hi == math.inf else hi)
+        for i, c in zip(ids, coefs):
+            ct.SetCoefficient(vs[i], c)
+    obj = s.Objective()
+    for v, c in zip(vs, m.obj):
+        if c:
+            obj.SetCoefficient(v, c)
+    obj.SetMinimization()
+
+
 def _run(backend: str, m: _Model, time_limit_s: float | None) -> _Raw:
     if backend == "ortools-cpsat":
         return _run_cpsat(m, time_limit_s)
@@ -412,18 +417,9 @@ def _run_mip(m: _Model, time_limit_s: float | None, name: str = "SCIP") -> _Raw:
     s = pywraplp.Solver.CreateSolver(name)
     if s is None:
         raise RuntimeError(f"OR-Tools was built without the {name} MIP solver")
-    inf = s.infinity()
     vs = [s.NumVar(*m.continuous[k], f"c{k}") if k in m.continuous else s.BoolVar(f"x{k}")
           for k in range(len(m.obj))]
-    for ids, coefs, lo, hi in m.rows:
-        ct = s.Constraint(-inf if lo == -math.inf else lo, inf if hi == math.inf else hi)
-        for i, c in zip(ids, coefs):
-            ct.SetCoefficient(vs[i], c)
-    obj = s.Objective()
-    for v, c in zip(vs, m.obj):
-        if c:
-            obj.SetCoefficient(v, c)
-    obj.SetMinimization()
+    _load_linear(s, vs, m)
     if m.hint:
         s.SetHint([vs[k] for k in m.hint], [float(h) for h in m.hint.values()])
     if time_limit_s is not None:
