@@ -64,16 +64,15 @@ def _is_pipelined(method: Method) -> bool:
         isinstance(method, ShardParallel) and method.num_microbatches not in (None, 1))
 
 
-def _plan_abstract(fn: Callable[..., Any], abstract: Sequence[Any], tracer: "_Tracer", cluster: ClusterSpec,
-                   method: Method, memory_budget: float | None, solver: str, time_limit_s: float | None) -> Plan:
+def _plan_abstract(tracer: "_Tracer", cluster: ClusterSpec, method: Method, memory_budget: float | None,
+                   solver: str, time_limit_s: float | None) -> Plan:
     """Plan from abstract arguments: one SPMD program, or microbatches / pipeline stages."""
     if isinstance(method, Auto):
         found: list[Plan] = []
         errors: list[Exception] = []
         for candidate in (ShardParallel(), PipeshardParallel()):
             try:
-                found.append(_plan_abstract(fn, abstract, tracer, cluster, candidate, memory_budget, solver,
-                                            time_limit_s))
+                found.append(_plan_abstract(tracer, cluster, candidate, memory_budget, solver, time_limit_s))
             except (InfeasibleMemoryError, ValueError) as e:
                 errors.append(e)
         if not found:
@@ -188,8 +187,8 @@ class ParallelFunction:
             if self._fixed_plan is not None:
                 plan = self._fixed_plan
             else:
-                plan = _plan_abstract(self.fn, abstract, tracer, self._cluster(), self.method, self.memory_budget,
-                                      self.solver, self.time_limit_s)
+                plan = _plan_abstract(tracer, self._cluster(), self.method, self.memory_budget, self.solver,
+                                      self.time_limit_s)
             devices = self._devices()
             program: Any
             if is_pipelined(plan):
@@ -304,5 +303,5 @@ def plan(fn: Callable[..., Any], *args: Any, cluster: ClusterSpec | str | None =
     abstract = [a if i in _normalize_argnums(static_argnums, len(args), "static_argnums")
                 else jax.tree.map(_abstract, a) for i, a in enumerate(args)]
     tracer = _Tracer(fn, abstract, static_argnums, batch_argnums, donate_argnums)
-    return _plan_abstract(fn, abstract, tracer, _cluster_for(cluster), resolve_method(method), memory_budget,
-                          solver, time_limit_s)
+    return _plan_abstract(tracer, _cluster_for(cluster), resolve_method(method), memory_budget, solver,
+                          time_limit_s)

@@ -84,7 +84,6 @@ def layer_costs(graph: Graph, layers: list[int | None], cluster: ClusterSpec, op
         if (key, oi, budget) not in memo:
             solved += 1
             n, mesh = options[oi]
-            _t0 = time.perf_counter()
             try:
                 res = plan_intra_op(sub.graph, submesh_cluster(cluster, n), ShardParallel(mesh_shape=mesh),
                                     memory_budget=budget, solver=solver, time_limit_s=time_limit_s)
@@ -99,9 +98,6 @@ def layer_costs(graph: Graph, layers: list[int | None], cluster: ClusterSpec, op
                     t_fwd=_compute_of(res, sub, lambda o: graph.ops[o].section is Section.FORWARD),
                     t_apply=apply_t, peak=est.peak_memory_bytes,
                     stash=_stash_bytes(split, l, specs, res, False), inputs=_stash_bytes(split, l, specs, res, True))
-            import os
-            if os.environ.get("AUTOPAR_DEBUG_DP"):
-                print("ILP", l, options[oi], budget, f"{time.perf_counter() - _t0:.2f}s")
         return memo[(key, oi, budget)]
 
     out: list[list[LayerCost | None]] = []

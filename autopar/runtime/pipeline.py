@@ -157,8 +157,7 @@ class PipelineRuntime:
     def _key(self, tid: int, mb: int) -> tuple[int, int]:
         g = self.split.graph
         t = g.tensors[tid]
-        per_mb = (t.role is Role.BATCH and self.m >= 1) or (t.producer is not None
-                                                            and t.producer in self.split.microbatched)
+        per_mb = t.role is Role.BATCH or (t.producer is not None and t.producer in self.split.microbatched)
         return (tid, mb if per_mb and mb != ONCE else ONCE)
 
     def lower_pieces(self) -> dict[str, Any]:
