@@ -45,10 +45,12 @@ class Case:
 # suite_auto_moe.py, suite_wresnet.py of alpa-projects/alpa).
 CASES: dict[str, Case] = {
     "gpt_39b": Case("gpt_39b", 8, 1024, 1024, "Alpa perf_test_suite 64 GPUs"),
-    "gpt_2_6b": Case("gpt_2_6b", 1, 1024, 128, "Alpa perf_test_suite 8 GPUs"),
+    "gpt_2_6b": Case("gpt_2_6b", 1, 1024, 1024, "Alpa's 128 (perf_test_suite 8 GPUs) fits nothing in fp32 on "
+                     "16 GB; one sample per microbatch"),
     "gpt_6_7b": Case("gpt_6_7b", 2, 1024, 64, "Alpa perf_test_suite 16 GPUs"),
     "gpt_15b": Case("gpt_15b", 4, 1024, 128, "Alpa perf_test_suite 32 GPUs"),
-    "moe_7_1b": Case("moe_7_1b", 2, 1024, 16, "no Alpa solution; M of Alpa's 16-GPU MoE-10B case"),
+    "moe_7_1b": Case("moe_7_1b", 2, 1024, 128, "no Alpa solution (Alpa's MoE-10B/16 GPUs M=16 fits nothing "
+                     "in fp32); the search's batch/8"),
     "moe_10b": Case("moe_10b", 2, 1024, 16, "Alpa perf_test_suite 16 GPUs"),
     "wresnet_4b": Case("wresnet_4b", 2, 1536, 32, "Alpa perf_test_auto_suite 16 GPUs"),
 }

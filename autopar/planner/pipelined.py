@@ -42,7 +42,7 @@ def microbatch_candidates(batch: int, at_least: int = 1, most: int = 6) -> list[
 def plan_fixed(graph: Graph, cluster: ClusterSpec, layers_opt: str | int, stage_layer_counts: list[int] | int,
                devices: list[int], logical: list[tuple[int, ...] | None], remat: list[bool], m: int, schedule: str,
                memory_budget: float | None, solver: str, time_limit_s: float | None, method: Method,
-               batch_on_first_axis: bool = False) -> StagedResult:
+               batch_on_first_axis: bool | tuple[bool, ...] = False) -> StagedResult:
     layers = op_layers(graph, layers_opt)
     k = max((l for l in layers if l is not None), default=-1) + 1
     if isinstance(stage_layer_counts, int):

@@ -38,7 +38,11 @@ class StageLayout:
     device_counts: tuple[int, ...]
     logical_meshes: tuple[tuple[int, ...] | None, ...]  # None: search the factorisations
     remat: tuple[bool, ...]
-    batch_on_first_axis: bool = False                    # Manual3D: the batch goes on the dp axis
+    batch_on_first_axis: bool | tuple[bool, ...] = False  # Manual3D: the batch goes on the dp axis (per stage)
+
+    def batch_first(self, s: int) -> bool:
+        b = self.batch_on_first_axis
+        return bool(b) if isinstance(b, bool) else bool(b[s])
 
     @property
     def num_stages(self) -> int:
@@ -110,9 +114,9 @@ def plan_stages(graph: Graph, cluster: ClusterSpec, layout: StageLayout, *, num_
         n = layout.device_counts[s]
         sub = stage_subgraph(split, s)
         keep = in_flight(schedule, layout.num_stages, m, s)
-        key = (structure_key(sub.graph), n, layout.logical_meshes[s], keep, layout.remat[s])
+        key = (structure_key(sub.graph), n, layout.logical_meshes[s], keep, layout.remat[s], layout.batch_first(s))
         if key not in memo:   # structurally identical stages (the middle of a deep model) are planned once
-            stage_method = (DataTensorShard(mesh_shape=layout.logical_meshes[s]) if layout.batch_on_first_axis
+            stage_method = (DataTensorShard(mesh_shape=layout.logical_meshes[s]) if layout.batch_first(s)
                             else ShardParallel(mesh_shape=layout.logical_meshes[s]))
             try:
                 memo[key] = _plan_stage(split, s, sub, submesh_cluster(cluster, n), stage_method,

@@ -5,18 +5,19 @@ Consumes: ``trace_at(m)``, the full batch size, a ClusterSpec and the method. Pr
 
 1. Layer costs. Each layer (its forward, backward and update ops) is planned by the intra-op ILP on every
    candidate sub-mesh (``submesh_options``: powers of two inside a node with a 1-D mesh, whole nodes across
-   as a (nodes, node) mesh) — once per distinct layer structure, so the work grows with the kinds of layer, not
-   with depth. A layer records its time per microbatch, its forward time (recomputed when rematerialized),
-   its update time, its one-microbatch memory peak, the activations it stashes per microbatch and the bytes
-   of its inputs.
+   as a (nodes, node) mesh, and Megatron's data-parallel (n, 1) mesh with the batch on its first axis) — once
+   per distinct layer structure, so the work grows with the kinds of layer, not with depth. A layer records
+   its time per microbatch, its forward time (recomputed when rematerialized), its update time, its
+   one-microbatch memory peak, the activations it stashes per microbatch and the bytes of its inputs.
 2. The DP (Alpa's, with memory): for a bound t_max on any stage's time, F[s][k][d] is the least sum of stage
    times placing layers k.. into s stages on devices d..N-1, where a stage of n devices starts at a multiple of
    n (inside a node) or of a node; a stage is allowed when its memory with the microbatches it keeps in flight
    (min(s, m) for 1F1B, m for GPipe; a rematerialized stage keeps only its inputs for the others, and
    recomputes its forward) fits. The objective is
    F[s][0][0] + (m - 1) t_max; t_max runs over a geometric grid of the stage times.
-3. The best layout of each microbatch count is planned exactly (``plan_stages``: one ILP per distinct stage)
-   and the fastest plan kept.
+3. Exact plans (``plan_stages``: one ILP per distinct stage) of the DP's layout, of the same stages with
+   flops-balanced layer ranges, and of the ``UNIFORM_CANDIDATES`` best Megatron-shaped layouts by the layer
+   costs (what ``Manual3D`` would build); the fastest plan of every microbatch count is kept.
 Stage costs add the layers' costs (resharding between layers inside a stage is not counted by the DP; the
 exact stage plan of step 3 counts it).
 """
@@ -26,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -34,10 +35,10 @@ from autopar.cost_models.cluster import ClusterSpec
 from autopar.ir.graph import Graph, Section
 from autopar.ir.subgraph import structure_key
 from autopar.methods import PipeshardParallel, ShardParallel
-from autopar.pipeline.layers import op_layers
+from autopar.pipeline.layers import balanced_split, layer_flops, op_layers
 from autopar.pipeline.partition import split_stages
-from autopar.planner.pipeshard import (StagedResult, _compute_of, _parent_specs, _stash_bytes, stage_subgraph,
-                                       submesh_cluster)
+from autopar.planner.pipeshard import (DataTensorShard, StagedResult, _compute_of, _parent_specs, _stash_bytes,
+                                       stage_subgraph, submesh_cluster)
 from autopar.planner.problem import InfeasibleMemoryError
 from autopar.planner.shard_parallel import plan_intra_op
 
@@ -55,17 +56,32 @@ class LayerCost:
     inputs: float      # its inputs' bytes per microbatch (what a rematerialized stage keeps)
 
 
-def submesh_options(cluster: ClusterSpec) -> list[tuple[int, tuple[int, ...]]]:
-    """(devices, logical mesh) pairs a stage may use: inside a node a power of two with a 1-D mesh (the ILP
-    splits each op over it as it likes: data, tensor or mixed), across nodes whole nodes as (nodes, node)."""
+class MeshOption(NamedTuple):
+    """A sub-mesh a stage may use: its device count, its logical mesh, and whether the batch is split over the
+    first axis only (Megatron's (dp, tp) stage, as ``Manual3D`` builds it) or the ILP splits each op freely."""
+
+    devices: int
+    mesh: tuple[int, ...]
+    batch_first: bool = False
+
+
+def submesh_options(cluster: ClusterSpec, megatron: bool = True) -> list[MeshOption]:
+    """Sub-meshes a stage may use: inside a node a power of two with a 1-D mesh (the ILP splits each op over it
+    as it likes: data, tensor or mixed), across nodes whole nodes as (nodes, node). With ``megatron``, also
+    each size as a (dp, 1) mesh with the batch on dp: Manual3D's data-parallel stage, whose constrained ILP
+    is quick and often better than what a memory-limited free ILP finds in its time. (Manual3D's mixed
+    (dp, tp) stages with both above 1 are left out: each is a 2-D ILP of ~10 s per layer kind; the free 1-D
+    and (nodes, node) meshes cover tensor parallelism.)"""
     dpn, n_all = cluster.devices_per_node, cluster.num_devices
-    out: list[tuple[int, tuple[int, ...]]] = [(1 << i, (1 << i,)) for i in range(int(math.log2(dpn)) + 1)
-                                              if dpn % (1 << i) == 0 and (1 << i) <= n_all]
-    out += [(k * dpn, (k, dpn)) for k in range(2, cluster.nodes + 1) if cluster.nodes % k == 0]
+    inside = [1 << i for i in range(int(math.log2(dpn)) + 1) if dpn % (1 << i) == 0 and (1 << i) <= n_all]
+    across = [k * dpn for k in range(2, cluster.nodes + 1) if cluster.nodes % k == 0]
+    out = [MeshOption(n, (n,)) for n in inside] + [MeshOption(n, (n // dpn, dpn)) for n in across]
+    if megatron:
+        out += [MeshOption(n, (n, 1), True) for n in inside + across if n >= 2]
     return out
 
 
-def layer_costs(graph: Graph, layers: list[int | None], cluster: ClusterSpec, options: list[tuple[int, tuple[int, ...]]],
+def layer_costs(graph: Graph, layers: list[int | None], cluster: ClusterSpec, options: list[MeshOption],
                 limit: float, solver: str, time_limit_s: float | None) -> tuple[list[list[LayerCost | None]], int]:
     """costs[layer][option variant] (None where the layer does not fit), and the number of ILPs solved.
 
@@ -83,9 +99,10 @@ def layer_costs(graph: Graph, layers: list[int | None], cluster: ClusterSpec, op
         nonlocal solved
         if (key, oi, budget) not in memo:
             solved += 1
-            n, mesh = options[oi]
+            opt = options[oi]
+            method = DataTensorShard(mesh_shape=opt.mesh) if opt.batch_first else ShardParallel(mesh_shape=opt.mesh)
             try:
-                res = plan_intra_op(sub.graph, submesh_cluster(cluster, n), ShardParallel(mesh_shape=mesh),
+                res = plan_intra_op(sub.graph, submesh_cluster(cluster, opt.devices), method,
                                     memory_budget=budget, solver=solver, time_limit_s=time_limit_s)
             except (InfeasibleMemoryError, ValueError):
                 memo[(key, oi, budget)] = None
@@ -107,7 +124,7 @@ def layer_costs(graph: Graph, layers: list[int | None], cluster: ClusterSpec, op
         state = float(sum(sub.graph.tensors[t].nbytes for t in sub.graph.inputs
                           if sub.graph.tensors[t].role.value == "parameter"))
         row: list[LayerCost | None] = []
-        for oi, (n, _) in enumerate(options):
+        for oi, n in enumerate(o.devices for o in options):
             fast = cost(sub, key, l, oi, INF)
             share = limit * state / (state_total * n / cluster.num_devices)
             # a multi-node stage shares its state over many devices already: its lean plan is left out (it is
@@ -196,7 +213,7 @@ def _dp_for(times: np.ndarray, fits: np.ndarray, options: list[tuple[int, tuple[
             total.append(cur)
             choice.append(arg)
             continue
-        for o, (n, _) in enumerate(options):
+        for o, n in enumerate(opt[0] for opt in options):
             aligned = (d_idx % (n if n <= dpn else dpn) == 0) & (d_idx + n <= n_devices)
             shifted = np.full((k_all + 1, n_devices + 1), INF)
             shifted[:, :n_devices + 1 - n] = prev[:, n:]
@@ -220,23 +237,24 @@ def _dp_for(times: np.ndarray, fits: np.ndarray, options: list[tuple[int, tuple[
 def search_stages(trace_at: Callable[[int], Graph], batch: int, cluster: ClusterSpec, method: PipeshardParallel, *,
                   memory_budget: float | None, solver: str, time_limit_s: float | None) -> StagedResult:
     start = time.perf_counter()
-    options = submesh_options(cluster)
-    variants = [o for o in options for _ in ("fast", "lean")]
     limit = memory_budget if memory_budget is not None else float(cluster.device.memory_bytes)
     ms = [method.num_microbatches] if method.num_microbatches else microbatch_grid(batch)
     best: StagedResult | None = None
     log: list[dict[str, Any]] = []
     for m in ms:
+        # a batch-first mesh whose dp axis does not divide the microbatch is the free mesh again
+        options = [o for o in submesh_options(cluster) if not o.batch_first or (batch // m) % o.devices == 0]
+        variants = [o for o in options for _ in ("fast", "lean")]
         t0 = time.perf_counter()
         graph = trace_at(m)
         t1 = time.perf_counter()
         layers = op_layers(graph, method.layers)
         costs, solved = layer_costs(graph, layers, cluster, options, limit, solver, time_limit_s)
         t2 = time.perf_counter()
-        res, entry = _plan_best_layout(graph, cluster, method, costs, variants, m, limit, memory_budget, solver,
-                                       time_limit_s)
+        search = _LayoutSearch(graph, cluster, method, costs, variants, m, limit, memory_budget, solver, time_limit_s)
+        res = search.best(list(layer_flops(graph, layers)))
         log.append({"num_microbatches": m, "layer_ilps": solved, "trace_time_s": t1 - t0, "layer_time_s": t2 - t1,
-                    "stage_plan_time_s": time.perf_counter() - t2, **entry})
+                    "stage_plan_time_s": time.perf_counter() - t2, **search.entry})
         if res is not None and (best is None
                                 or res.plan.estimate.step_time_s < best.plan.estimate.step_time_s * (1 - 1e-9)):
             best = res
@@ -244,73 +262,166 @@ def search_stages(trace_at: Callable[[int], Graph], batch: int, cluster: Cluster
         why = "; ".join(f"{e['num_microbatches']} microbatches: {e.get('error', 'no layout fits')}" for e in log)
         raise InfeasibleMemoryError(f"no pipeline layout fits in {limit / 2**30:.3g} GiB per device ({why}): use "
                                     "more devices, a larger budget or a smaller batch", INF, limit)
-    search = dict(best.plan.search)
-    search.update({"search_time_s": time.perf_counter() - start, "stage_dp": log})
+    search_log = dict(best.plan.search)
+    search_log.update({"search_time_s": time.perf_counter() - start, "stage_dp": log})
     from dataclasses import replace
 
-    return replace(best, plan=replace(best.plan, search=search))
+    return replace(best, plan=replace(best.plan, search=search_log))
 
 
 DP_MEMORY_ROUNDS = 4
+UNIFORM_CANDIDATES = 2
+UNIFORM_MARGIN = 0.03
 
 
-def _plan_best_layout(graph: Graph, cluster: ClusterSpec, method: PipeshardParallel, costs: Any, variants: Any,
-                      m: int, limit: float, memory_budget: float | None, solver: str,
-                      time_limit_s: float | None) -> tuple[StagedResult | None, dict[str, Any]]:
-    """The DP's layout planned exactly. The DP adds layers' memory; when the exact stage plan needs more than
-    the limit, the DP runs again with its limit lowered by the overshoot (a few rounds)."""
-    from autopar.planner.pipelined import plan_fixed
+@dataclass
+class _LayoutSearch:
+    """Exact plans of the layouts the layer costs point to, for one microbatch count: the DP's layout, the same
+    stages with flops-balanced layer ranges, and the best Megatron-shaped layouts (p equal stages on one kind
+    of sub-mesh, as ``Manual3D`` builds them). ``best`` returns the fastest that fits; ``entry`` logs each."""
 
-    dp_limit = limit
-    entry: dict[str, Any] = {"rounds": 0}
-    for _ in range(DP_MEMORY_ROUNDS):
-        entry["rounds"] += 1
-        remat = method.remat
-        choices = (0, 1) if remat == "auto" else ((1,) if remat is True else (0,) if remat is False else None)
-        if choices is None:
-            raise ValueError(f"remat={remat!r} with stages='auto': give 'auto', True or False (a per-stage list "
-                             "needs a fixed stage count)")
-        layout = stage_dp(costs, variants, cluster.num_devices, cluster.devices_per_node, m, method.schedule,
-                          dp_limit, choices)
-        entry["layout"] = layout
-        if layout is None:
-            entry["error"] = "no layout fits"
-            return None, entry
+    graph: Graph
+    cluster: ClusterSpec
+    method: PipeshardParallel
+    costs: list[list[LayerCost | None]]
+    variants: list[MeshOption]
+    m: int
+    limit: float
+    memory_budget: float | None
+    solver: str
+    time_limit_s: float | None
+
+    def __post_init__(self) -> None:
+        self.entry: dict[str, Any] = {"rounds": 0}
+        self.tried: set[tuple[Any, ...]] = set()
+
+    def remat_choices(self) -> tuple[int, ...]:
+        remat = self.method.remat
+        if remat == "auto":
+            return (0, 1)
+        if remat is True or remat is False:
+            return (int(remat),)
+        raise ValueError(f"remat={remat!r} with stages='auto': give 'auto', True or False (a per-stage list "
+                         "needs a fixed stage count)")
+
+    def plan(self, stages: list[int] | int, opts: list[MeshOption], remat: list[bool]) -> StagedResult | None:
+        """One layout planned exactly (None when it does not fit, or was planned already)."""
+        from autopar.planner.pipelined import plan_fixed
+
+        key = (tuple(stages) if isinstance(stages, list) else stages, tuple(opts), tuple(remat))
+        if key in self.tried:
+            return None
+        self.tried.add(key)
         try:
-            res = plan_fixed(graph, cluster, method.layers, [j - k for k, j, _, _ in layout],
-                             [variants[o][0] for _, _, o, _ in layout], [variants[o][1] for _, _, o, _ in layout],
-                             [r for *_, r in layout], m, method.schedule, memory_budget, solver, time_limit_s, method)
+            return plan_fixed(self.graph, self.cluster, self.method.layers, stages, [o.devices for o in opts],
+                              [o.mesh for o in opts], remat, self.m, self.method.schedule, self.memory_budget,
+                              self.solver, self.time_limit_s, self.method,
+                              batch_on_first_axis=tuple(o.batch_first for o in opts))
         except InfeasibleMemoryError as e:
-            entry["error"] = str(e)
-            need = e.min_budget_bytes if math.isfinite(e.min_budget_bytes) and e.min_budget_bytes > 0 else 2 * limit
-            dp_limit *= min(limit / need, 0.95)
+            self.entry.setdefault("errors", []).append(str(e)[:200])
+            return None
+
+    def best(self, flops: list[float]) -> StagedResult | None:
+        first = self.dp_layout()
+        bound = INF if first is None else first.plan.estimate.step_time_s * (1 + UNIFORM_MARGIN)
+        found = [r for r in (first, *self.uniform_layouts(flops, bound)) if r is not None]
+        if not found:
+            self.entry.setdefault("error", "no layout fits")
+            return None
+        self.entry.pop("error", None)
+        return min(found, key=lambda r: r.plan.estimate.step_time_s)
+
+    def dp_layout(self) -> StagedResult | None:
+        """The DP's layout planned exactly. The DP adds layers' memory; when the exact stage plan needs more than
+        the limit, the DP runs again with its limit lowered by the overshoot (a few rounds). Then the same
+        stages with flops-balanced layer ranges, when they use equal sub-meshes (the DP adds per-layer costs,
+        which the exact stage plans do not always follow)."""
+        from autopar.planner.pipelined import plan_fixed
+
+        dp_limit = self.limit
+        for _ in range(DP_MEMORY_ROUNDS):
+            self.entry["rounds"] += 1
+            layout = stage_dp(self.costs, self.variants, self.cluster.num_devices, self.cluster.devices_per_node,
+                              self.m, self.method.schedule, dp_limit, self.remat_choices())
+            self.entry.setdefault("layouts", []).append(layout)
+            if layout is None:
+                self.entry["error"] = "no layout fits"
+                return None
+            opts = [self.variants[o] for _, _, o, _ in layout]
+            remat = [r for *_, r in layout]
+            try:
+                res = plan_fixed(self.graph, self.cluster, self.method.layers, [j - k for k, j, _, _ in layout],
+                                 [o.devices for o in opts], [o.mesh for o in opts], remat, self.m,
+                                 self.method.schedule, self.memory_budget, self.solver, self.time_limit_s, self.method,
+                                 batch_on_first_axis=tuple(o.batch_first for o in opts))
+            except InfeasibleMemoryError as e:
+                self.entry["error"] = str(e)
+                need = e.min_budget_bytes if math.isfinite(e.min_budget_bytes) and e.min_budget_bytes > 0 \
+                    else 2 * self.limit
+                dp_limit *= min(self.limit / need, 0.95)
+                continue
+            self.entry.pop("error", None)
+            if len(layout) >= 2 and len(set(opts)) == 1:
+                alt = self.plan(len(layout), opts, remat)
+                if alt is not None:
+                    self.entry["balanced_step_time_s"] = alt.plan.estimate.step_time_s
+                    if alt.plan.estimate.step_time_s < res.plan.estimate.step_time_s * (1 - 1e-9):
+                        return alt
+            return res
+        return None
+
+    def uniform_layouts(self, flops: list[float], bound: float) -> list[StagedResult | None]:
+        """The ``UNIFORM_CANDIDATES`` best Megatron-shaped layouts by the layer costs, planned exactly unless
+        their layer-cost estimate is over ``bound`` (the DP's exact plan plus ``UNIFORM_MARGIN``: the layer
+        costs of equal stages are within a percent of their exact plans)."""
+        ranked = uniform_ranking(self.costs, self.variants, flops, self.cluster.num_devices, self.m,
+                                 self.method.schedule, self.limit, self.remat_choices())
+        out = []
+        for est, o, remat in ranked[:UNIFORM_CANDIDATES]:
+            if est > bound:
+                self.entry.setdefault("uniform_skipped", []).append(est)
+                continue
+            p = self.cluster.num_devices // self.variants[o].devices
+            res = self.plan(p, [self.variants[o]] * p, [remat] * p)
+            self.entry.setdefault("uniform", []).append(
+                {"stages": p, "mesh": list(self.variants[o].mesh), "batch_first": self.variants[o].batch_first,
+                 "remat": remat, "estimated_step_time_s": est,
+                 "step_time_s": res.plan.estimate.step_time_s if res is not None else None})
+            out.append(res)
+        return out
+
+
+def uniform_ranking(costs: list[list[LayerCost | None]], variants: list[MeshOption], flops: list[float],
+                    n_devices: int, m: int, schedule: str, limit: float,
+                    remat_choices: tuple[int, ...]) -> list[tuple[float, int, bool]]:
+    """(estimated step time, variant, remat) of every layout of p = n_devices / devices equal stages on one
+    sub-mesh kind with flops-balanced layer ranges that fits by the layer costs, fastest first: one entry per
+    sub-mesh (its fast variant where it fits, else its lean one; rematerialized only where neither fits)."""
+    k = len(costs)
+    seen: set[tuple[MeshOption, bool]] = set()
+    out = []
+    for o, opt in enumerate(variants):
+        p = n_devices // opt.devices
+        if n_devices % opt.devices or p > k:
             continue
-        entry.pop("error", None)
-        return _rebalanced(graph, cluster, method, layout, variants, m, memory_budget, solver, time_limit_s, res,
-                           entry), entry
-    return None, entry
-
-
-def _rebalanced(graph: Graph, cluster: ClusterSpec, method: PipeshardParallel, layout: Any, variants: Any, m: int,
-                memory_budget: float | None, solver: str, time_limit_s: float | None, res: StagedResult,
-                entry: dict[str, Any]) -> StagedResult:
-    """The DP adds per-layer costs, which the exact stage plans do not always follow. When its stages use equal
-    sub-meshes, the same stages with flops-balanced layer ranges are planned exactly too (structurally equal
-    stages are planned once), and the faster plan is kept."""
-    from autopar.planner.pipelined import plan_fixed
-
-    opts = {variants[o] for _, _, o, _ in layout}
-    if len(layout) < 2 or len(opts) != 1:
-        return res
-    (n, mesh), = opts
-    remat = [r for *_, r in layout]
-    try:
-        alt = plan_fixed(graph, cluster, method.layers, len(layout), [n] * len(layout), [mesh] * len(layout),
-                         remat, m, method.schedule, memory_budget, solver, time_limit_s, method)
-    except InfeasibleMemoryError:
-        return res
-    entry["balanced_step_time_s"] = alt.plan.estimate.step_time_s
-    return alt if alt.plan.estimate.step_time_s < res.plan.estimate.step_time_s * (1 - 1e-9) else res
+        ranges = balanced_split(flops, p)
+        for r in remat_choices:
+            if (opt, False) in seen or (opt, bool(r)) in seen:
+                continue                           # rematerialize only where the stages do not fit without
+            times = []
+            for s, (a, b) in enumerate(ranges):
+                cs = [costs[l][o] for l in range(a, b)]
+                if any(c is None for c in cs):
+                    break
+                keep = m if schedule == "gpipe" else min(p - s, m)
+                held = cs[0].inputs if r else sum(c.stash for c in cs)  # type: ignore[union-attr]
+                if sum(c.peak for c in cs) + (keep - 1) * held > limit:  # type: ignore[union-attr]
+                    break
+                times.append(sum(c.t_mb + (c.t_fwd if r else 0.0) for c in cs))  # type: ignore[union-attr]
+            else:
+                seen.add((opt, bool(r)))
+                out.append((sum(times) + (m - 1) * max(times), o, bool(r)))
+    return sorted(out)
 
 
 def microbatch_grid(batch: int) -> list[int]:
