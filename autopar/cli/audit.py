@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         batch = kw["batch_argnums"]
     with progress.phase("compiling the emitted program"):
         report = audit(target.fn, *target.args, plan=plan,
-                               batch_argnums=tuple(batch) if batch is not None else None)
+                       batch_argnums=tuple(batch) if batch is not None else None,
+                       donate_argnums=parse_argnums(args.donate_argnums, "--donate-argnums") or ())
     console.print(audit_table(report, args.tolerance))
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=1, default=_json_number))

@@ -34,6 +34,9 @@ def add_plan_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--microbatches", type=int, default=None, metavar="N", help="pipeline microbatches")
     p.add_argument("--batch-argnums", default=None, metavar="I[,J]",
                    help="arguments holding batch data (default: every argument after the first)")
+    p.add_argument("--donate-argnums", default=None, metavar="I[,J]",
+                   help="arguments the step may overwrite (its train state, usually 0): their buffers are reused "
+                        "for its outputs, which the memory estimate counts (default: none)")
     p.add_argument("--solver", default="ortools", choices=("ortools", "pulp"), help="ILP backend")
     p.add_argument("--time-limit", type=float, default=None, metavar="S", help="seconds per ILP solve")
 
@@ -63,7 +66,7 @@ def parse_bytes(text: str) -> float:
     return float(m.group(1)) * BYTE_UNITS[unit]
 
 
-def parse_argnums(text: str | None) -> tuple[int, ...] | None:
+def parse_argnums(text: str | None, flag: str = "--batch-argnums") -> tuple[int, ...] | None:
     if text is None:
         return None
     try:
@@ -71,7 +74,7 @@ def parse_argnums(text: str | None) -> tuple[int, ...] | None:
     except ValueError:
         nums = (-1,)
     if any(n < 0 for n in nums):
-        raise ValueError(f"--batch-argnums {text!r}: expected argument positions such as 1 or 1,2")
+        raise ValueError(f"{flag} {text!r}: expected argument positions such as 1 or 1,2")
     return nums
 
 
@@ -130,5 +133,6 @@ def cluster_from_args(args: argparse.Namespace) -> Any:
 def plan_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments for ``autopar.plan`` / ``autopar.audit`` from the planning flags (cluster aside)."""
     return {"method": method_from_args(args), "batch_argnums": parse_argnums(args.batch_argnums),
+            "donate_argnums": parse_argnums(args.donate_argnums, "--donate-argnums") or (),
             "memory_budget": parse_bytes(args.memory_budget) if args.memory_budget else None,
             "solver": args.solver, "time_limit_s": args.time_limit}

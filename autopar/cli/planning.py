@@ -39,12 +39,24 @@ def plan_target(args: argparse.Namespace, target: Target, progress: Progress) ->
         cluster = ClusterSpec.local()
     abstract = abstract_args(target.args)
     batch = kw["batch_argnums"] if kw["batch_argnums"] is not None else tuple(range(1, len(abstract)))
-    with progress.phase(f"tracing {target.label}"):
-        graph = autopar.trace(target.fn, *abstract, batch_argnums=batch)
     with progress.phase(f"planning for {cluster.num_devices} device(s) of {cluster.name}"):
         plan = autopar.plan(target.fn, *abstract, cluster=cluster, **kw)
     progress.search_summary(plan)
+    m = int((plan.method_options or {}).get("num_microbatches") or 1)
+    with progress.phase(f"tracing {target.label}" + (f" at the microbatch size ({m} microbatches)" if m > 1 else "")):
+        # the plan's op ids are those of the step traced at its microbatch size
+        graph = autopar.trace(target.fn, *microbatch_args(abstract, batch, m), batch_argnums=batch)
     return with_cli_record(plan, target.label, kw["batch_argnums"]), graph
+
+
+def microbatch_args(abstract: tuple[Any, ...], batch: tuple[int, ...], m: int) -> tuple[Any, ...]:
+    """The abstract arguments of one microbatch: batch leaves' leading dimension divided by ``m``."""
+    import jax
+
+    def cut(x: Any) -> Any:
+        return jax.ShapeDtypeStruct((x.shape[0] // m, *x.shape[1:]), x.dtype) if getattr(x, "shape", ()) else x
+
+    return tuple(jax.tree.map(cut, a) if i in batch and m > 1 else a for i, a in enumerate(abstract))
 
 
 def with_cli_record(plan: Any, target: str, batch_argnums: Any) -> Any:

@@ -62,11 +62,23 @@ def overview_table(plan: Any) -> Table:
             t.add_row(key.replace("_", " "), str(plan.method_options[key]))
     s = plan.search or {}
     if "search_time_s" in s:
-        ilp = s.get("ilp", {})
-        t.add_row("search", f"{s['search_time_s']:.2f} s, {len(s.get('meshes', []))} mesh(es), solver "
-                            f"{s.get('solver', '?')}; ILP {ilp.get('variables', '?')} variables "
-                            f"({ilp.get('status', '?')})")
+        t.add_row("search", _search_text(s))
     return t
+
+
+def _search_text(s: dict[str, Any]) -> str:
+    """What the search did: the stage search's layer ILPs, a fixed layout's stage ILPs, or the mesh search."""
+    head = f"{s['search_time_s']:.2f} s, solver {s.get('solver', '?')}"
+    if s.get("stage_dp"):
+        log = s["stage_dp"]
+        return (f"{head}; stage search over {len(log)} microbatch count(s) "
+                f"({', '.join(str(e.get('num_microbatches')) for e in log)}), "
+                f"{sum(e.get('layer_ilps', 0) for e in log)} layer ILPs")
+    if "stages" in s and "meshes" not in s:
+        return f"{head}; {len(s['stages'])} stage ILP(s)"
+    ilp = s.get("ilp", {})
+    return (f"{head}; {len(s.get('meshes', []))} mesh(es), ILP {ilp.get('variables', '?')} variables "
+            f"({ilp.get('status', '?')})")
 
 
 def stages_table(plan: Any, graph: Any = None) -> Table:
@@ -132,8 +144,9 @@ def ops_table(plan: Any, graph: Any, limit: int = 10) -> Table:
 
 
 def collectives_table(plan: Any) -> Table:
-    t = Table(title="Collectives (per device, per step)", title_justify="left")
     multi = len(plan.stages) > 1
+    per = "per stage: one microbatch's forward and backward plus the update" if multi else "per step"
+    t = Table(title=f"Collectives (per device, {per})", title_justify="left")
     if multi:
         t.add_column("stage")
     for col in ("kind", "count", "bytes", "share"):
