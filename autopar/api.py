@@ -22,6 +22,7 @@ from autopar.planner.problem import InfeasibleMemoryError
 from autopar.runtime.pipeline import PipelineRuntime
 from autopar.planner.shard_parallel import plan_intra_op, plan_specs
 from autopar.sharding.mesh import LogicalMesh
+from autopar.sharding.spec import ShardingSpec
 
 
 def _abstract(x: Any) -> Any:
@@ -205,7 +206,8 @@ class ParallelFunction:
                     raise ValueError(f"the plan needs {len(stage.devices)} devices, {len(devices)} are available")
                 mesh = LogicalMesh(stage.mesh_shape, stage.axis_names).to_jax_mesh(
                     [devices[i] for i in stage.devices])
-                program = emit_spmd(graph, specs, fixed, mesh)
+                program = emit_spmd(graph, specs, fixed, mesh,
+                                    {(o, k): ShardingSpec(s) for o, k, s in stage.operand_specs})
             compiled = _Compiled(plan, graph, program)
             self._cache[key] = compiled
             return compiled

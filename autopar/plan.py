@@ -62,6 +62,7 @@ class StagePlan:
     output_specs: tuple[Spec, ...]                # in flat output order
     op_specs: tuple[tuple[int, tuple[Spec, ...]], ...]  # (op id, spec of each output) fixed by the plan
     estimate: Estimate
+    operand_specs: tuple[tuple[int, int, Spec], ...] = ()  # (op id, operand index, spec it is resharded to)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +73,7 @@ class StagePlan:
             "input_specs": [[n, _spec_to_json(s)] for n, s in self.input_specs],
             "output_specs": [_spec_to_json(s) for s in self.output_specs],
             "op_specs": [[i, [_spec_to_json(s) for s in ss]] for i, ss in self.op_specs],
+            "operand_specs": [[i, k, _spec_to_json(s)] for i, k, s in self.operand_specs],
             "estimate": self.estimate.to_dict(),
         }
 
@@ -83,7 +85,8 @@ class StagePlan:
             input_specs=tuple((n, _spec_from_json(s)) for n, s in d["input_specs"]),
             output_specs=tuple(_spec_from_json(s) for s in d["output_specs"]),
             op_specs=tuple((int(i), tuple(_spec_from_json(s) for s in ss)) for i, ss in d["op_specs"]),
-            estimate=Estimate.from_dict(d["estimate"]))
+            estimate=Estimate.from_dict(d["estimate"]),
+            operand_specs=tuple((int(i), int(k), _spec_from_json(s)) for i, k, s in d.get("operand_specs", ())))
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,16 @@ FUSIBLE = ELEMENTWISE | frozenset({
     "broadcast_in_dim", "convert_element_type", "reshape", "squeeze", "expand_dims", "copy", "copy_p",
     "stop_gradient", "iota", "select_n", "clamp", "integer_pow", "square", "logistic", "neg",
 })
-# Producers XLA duplicates into each consumer instead of materialising them once.
+# Producers XLA duplicates into each consumer instead of materialising them once: the ops its fusion pass
+# does not call expensive (XLA ``InstructionFusion::IsExpensive``: add, subtract, multiply, max/min, compare,
+# select, clamp, negate, abs, sign, floor/ceil/round, logical and bitwise ops, converts, broadcasts, reshapes
+# are cheap; divide, exp, log, tanh, logistic, sqrt/rsqrt, power, erf are expensive and get a buffer when
+# read by several fusions). ``integer_pow``/``square`` lower to multiplies.
 CHEAP = frozenset({"broadcast_in_dim", "convert_element_type", "reshape", "squeeze", "expand_dims", "iota",
-                   "copy", "neg", "stop_gradient"})
+                   "copy", "copy_p", "neg", "stop_gradient", "add", "add_any", "sub", "mul", "max", "min",
+                   "abs", "sign", "floor", "ceil", "round", "select_n", "clamp", "eq", "ne", "lt", "le", "gt",
+                   "ge", "and", "or", "not", "xor", "is_finite", "integer_pow", "square", "shift_left",
+                   "shift_right_logical", "shift_right_arithmetic", "population_count", "real", "imag"})
 # Ops that read their operands in place of a fused producer (a reduction fuses its elementwise input).
 FUSES_INPUTS = FUSIBLE | frozenset({"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax",
                                     "argmin", "transpose"})

@@ -105,3 +105,18 @@ def test_fused_mask_keeps_its_source_alive_until_read():
     tile = 256 * 256 * 4
     assert estimate_memory(autopar.trace(f, *args)).temp_peak_bytes == 2 * tile
     assert jax.jit(f).lower(*args).compile().memory_analysis().temp_size_in_bytes == 2 * tile
+
+
+def test_cheap_values_read_by_several_fusions_are_duplicated_expensive_ones_materialised():
+    # XLA duplicates cheap elementwise producers (multiply) into each consuming fusion; an expensive one
+    # (exp) read by two fusions that each end in a reduction gets a buffer of its own.
+    def f(x):
+        cheap = x * x
+        costly = jnp.exp(x)
+        return jnp.sum(cheap * x), jnp.sum(cheap - x), jnp.sum(costly * x), jnp.sum(costly - x)
+
+    g = autopar.trace(f, _sds(128, 128))
+    by_prim = {g.ops[t.producer].primitive: materialised(g, t) for t in g.tensors
+               if t.producer is not None and t.shape == (128, 128) and len(t.consumers) == 2}
+    assert by_prim == {"mul": False, "exp": True}
+    assert estimate_memory(g).temp_peak_bytes == 128 * 128 * 4   # the exp buffer, nothing for the multiply

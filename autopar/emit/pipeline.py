@@ -2,7 +2,7 @@
 
 Consumes: a Plan whose ``method_options`` hold ``num_microbatches``, ``layers``, ``stage_layers``,
 ``schedule`` and ``remat`` (written by ``planner.pipeshard``), the Graph traced at the microbatch size, and
-the devices. Produces: the runtime. Refuses a plan made for another program (graph fingerprint) or one needing
+the devices. Produces: the runtime, pinning each stage's resharded operands (``StagePlan.operand_specs``). Refuses a plan made for another program (graph fingerprint) or one needing
 more devices than given.
 """
 
@@ -18,6 +18,7 @@ from autopar.planner.pipeshard import stage_specs
 from autopar.planner.shard_parallel import graph_fingerprint
 from autopar.runtime.pipeline import PipelineRuntime
 from autopar.sharding.mesh import LogicalMesh
+from autopar.sharding.spec import ShardingSpec
 
 
 def is_pipelined(plan: Plan) -> bool:
@@ -40,5 +41,6 @@ def emit_pipeline(plan: Plan, graph: Graph, devices: Sequence[Any]) -> PipelineR
         raise ValueError(f"the plan needs {need} devices, {len(devices)} are available")
     meshes = [LogicalMesh(st.mesh_shape, st.axis_names).to_jax_mesh([devices[i] for i in st.devices])
               for st in plan.stages]
+    operands = [{(o, k): ShardingSpec(w) for o, k, w in st.operand_specs} for st in plan.stages]
     return PipelineRuntime(split, meshes, specs, fixed, int(opts["num_microbatches"]), opts["schedule"],
-                           tuple(bool(r) for r in opts["remat"]))
+                           tuple(bool(r) for r in opts["remat"]), operands)

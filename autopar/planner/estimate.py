@@ -51,6 +51,24 @@ def reshard_buffers(ip: "IntraOpProblem", choices: Sequence[int]) -> list[tuple[
     return out
 
 
+def operand_specs(ip: "IntraOpProblem", choices: Sequence[int]) -> list[tuple[int, int, Any]]:
+    """(op id, operand index, wanted spec) of every operand the plan reshards before an op reads it. The
+    emitter pins each such operand at its consumer so that XLA partitions the op with the strategy the plan
+    costed (left free, its partitioner may pick another algorithm: e.g. all-gather a dot's operand where the
+    plan reduce-scatters the product)."""
+    specs = ip.tensor_specs(choices)
+    out: set[tuple[int, int, Any]] = set()
+    for site in ip.sites:
+        want = site.wanted[choices[site.node]]
+        src = specs.get(site.tensor)
+        if want is None or src is None or src == want or site.op < 0:
+            continue
+        for k, tid in enumerate(ip.graph.ops[site.op].inputs):
+            if tid == site.tensor:
+                out.add((site.op, k, want))
+    return sorted(out, key=lambda x: (x[0], x[1]))
+
+
 def held_buffers(ip: "IntraOpProblem", choices: Sequence[int]) -> dict[int, float]:
     """Op outputs whose buffer is larger than their spec's share (``intra_op.output_buffer_bytes``)."""
     from autopar.planner.intra_op import output_buffer_bytes

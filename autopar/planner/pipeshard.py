@@ -291,10 +291,16 @@ def _stage_plan(s: int, sub: Subgraph, res: IntraOpResult, specs: dict[int, Shar
         outs = g.ops[o].outputs
         if any(t in fixed for t in outs):
             op_specs.append((sub.parent_op[o], tuple(spec_of(t) for t in outs)))
+    from autopar.planner.estimate import operand_specs
+
+    # operands the stage's plan reshards before their reader, keyed by the reader's op id in the split graph
+    # (extract keeps each op's operand order), as the single-stage plan records them
+    resharded = tuple((sub.parent_op[o], k, w.dims) for o, k, w in operand_specs(res.intra, res.solution.choices))
     mesh = res.intra.mesh
     return StagePlan(name=f"stage{s}", mesh_shape=mesh.shape, axis_names=mesh.axis_names, devices=devices,
                      input_specs=tuple((g.tensors[t].name, spec_of(t)) for t in g.inputs),
-                     output_specs=tuple(spec_of(t) for t in g.outputs), op_specs=tuple(op_specs), estimate=est)
+                     output_specs=tuple(spec_of(t) for t in g.outputs), op_specs=tuple(op_specs), estimate=est,
+                     operand_specs=resharded)
 
 
 def stage_specs(plan: Plan, split: StageSplit) -> tuple[list[dict[int, ShardingSpec]], list[set[int]]]:

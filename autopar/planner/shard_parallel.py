@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 from autopar.ir.graph import Graph, Role, Section
 from autopar.methods import DataParallel, Method, ShardParallel, ZeroParallel
 from autopar.plan import Estimate, Plan, StagePlan
-from autopar.planner.estimate import estimate_plan
+from autopar.planner.estimate import estimate_plan, operand_specs
 from autopar.planner.ilp import solve
 from autopar.planner.intra_op import IntraOpProblem, analyse_graph, build_intra_op
 from autopar.planner.problem import Alias, InfeasibleMemoryError, Solution, evaluate, format_bytes
@@ -401,13 +401,20 @@ def _solve_within_memory(ip: IntraOpProblem, device: Any, solver: str, time_limi
 
 
 def fixed_tensors(ip: IntraOpProblem) -> list[int]:
-    """Tensors the emitted program pins: every output of an op that is an ILP node."""
+    """Tensors the emitted program pins: every output of an op the plan gives a spec (ILP nodes, tied ops and
+    the followers merged into a node), so that XLA lays out every value as the plan costed it."""
+    return [o for op_id in planned_ops(ip) for o in ip.graph.ops[op_id].outputs]
+
+
+def planned_ops(ip: IntraOpProblem) -> list[int]:
+    """Ops whose outputs' specs the plan decides: op nodes, their tied ops, and every node's merged followers
+    (left unpinned, XLA's sharding propagation may lay a follower out differently from the plan)."""
     out = []
     for node in ip.nodes:
+        out.extend(node.merged_ops)
         if node.kind == "op":
-            for op_id in (node.key, *node.tied_ops):
-                out.extend(ip.graph.ops[op_id].outputs)
-    return out
+            out.extend((node.key, *node.tied_ops))
+    return sorted(set(out))
 
 
 def _to_plan(graph: Graph, cluster: Any, method: Method, ip: IntraOpProblem, sol: Solution, est: Estimate,
@@ -416,17 +423,15 @@ def _to_plan(graph: Graph, cluster: Any, method: Method, ip: IntraOpProblem, sol
     rep = lambda t: ShardingSpec.replicated(len(graph.tensors[t].shape))  # noqa: E731
     spec_of = lambda t: specs.get(t, rep(t)).dims  # noqa: E731
     op_specs = []
-    for node in ip.nodes:
-        if node.kind == "op":
-            for op_id in (node.key, *node.tied_ops):
-                op_specs.append((op_id, tuple(spec_of(o) for o in graph.ops[op_id].outputs)))
-    op_specs.sort()
+    for op_id in planned_ops(ip):
+        op_specs.append((op_id, tuple(spec_of(o) for o in graph.ops[op_id].outputs)))
     mesh = ip.mesh
     stage = StagePlan(name="stage0", mesh_shape=mesh.shape, axis_names=mesh.axis_names,
                       devices=tuple(range(mesh.num_devices)),
                       input_specs=tuple((graph.tensors[t].name, spec_of(t)) for t in graph.inputs),
                       output_specs=tuple(spec_of(t) for t in graph.outputs),
-                      op_specs=tuple(op_specs), estimate=est)
+                      op_specs=tuple(op_specs), estimate=est,
+                      operand_specs=tuple((o, k, w.dims) for o, k, w in operand_specs(ip, sol.choices)))
     options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(method).items()}
     return Plan(method=method.name, method_options=options, mesh_shape=mesh.shape, axis_names=mesh.axis_names,
                 cluster=cluster.to_dict(), stages=(stage,), estimate=est,

@@ -1,7 +1,7 @@
 """The pipeline runtime: drive per-stage SPMD programs over microbatches on sub-meshes (single controller).
 
 Consumes: a ``StageSplit``, one ``jax.sharding.Mesh`` per stage, each stage's tensor specs (keyed by the
-parent graph's tensor ids) and pinned values, the number of microbatches, the schedule and which stages are
+parent graph's tensor ids), pinned values and resharded operands, the number of microbatches, the schedule and which stages are
 rematerialized. Produces: a callable on the flat full-batch arguments that returns the flat outputs, and a
 timeline of what ran (stage, microbatch, phase, start, end).
 
@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
-from autopar.emit.spmd import interpret
+from autopar.emit.spmd import interpret, operand_shardings
 from autopar.ir.graph import Role
 from autopar.ir.subgraph import Subgraph, extract
 from autopar.pipeline.partition import APPLY, BACKWARD, FORWARD, Piece, StageSplit
@@ -93,7 +93,10 @@ def _named(mesh: jax.sharding.Mesh, spec: ShardingSpec | None, ndim: int) -> Nam
 
 
 def build_piece(split: StageSplit, piece: Piece, mesh: jax.sharding.Mesh, specs: Mapping[int, ShardingSpec],
-                fixed: set[int], remat: bool) -> PieceProgram:
+                fixed: set[int], remat: bool,
+                operand_specs: Mapping[tuple[int, int], ShardingSpec] | None = None) -> PieceProgram:
+    """The program of one piece; ``operand_specs``: (parent op id, operand index) -> the spec the stage's plan
+    reshards that operand to before the op reads it (pinned at the reader, as ``emit_spmd`` does)."""
     g = split.graph
     ops = list(piece.ops)
     drop: set[int] = set()
@@ -117,17 +120,25 @@ def build_piece(split: StageSplit, piece: Piece, mesh: jax.sharding.Mesh, specs:
     constrain = {t: _named(mesh, spec(t), len(sg.tensors[t].shape))
                  for t in range(len(sg.tensors)) if sub.parent_tensor[t] in fixed and spec(t) is not None
                  and sg.tensors[t].producer is not None}
+    wanted = {}
+    for o, parent in enumerate(sub.parent_op):
+        for k in range(len(sg.ops[o].inputs)):
+            if (parent, k) in (operand_specs or {}):
+                wanted[(o, k)] = operand_specs[(parent, k)]  # type: ignore[index]
+    sub_specs = {t: s for t in range(len(sg.tensors)) if (s := spec(t)) is not None}
+    operands = operand_shardings(sg, sub_specs, wanted, mesh)
     averaged_set = set(split.averaged)
     averaged = tuple(j for j, t in enumerate(sub.output_parents) if t in averaged_set) \
         if piece.per_microbatch else ()
     return PieceProgram(piece=piece, sub=sub, in_shardings=ins, out_shardings=outs, averaged=averaged,
-                        run=interpret(sg, constrain), _jitted={})
+                        run=interpret(sg, constrain, operands), _jitted={})
 
 
 class PipelineRuntime:
     def __init__(self, split: StageSplit, meshes: Sequence[jax.sharding.Mesh],
                  specs: Sequence[Mapping[int, ShardingSpec]], fixed: Sequence[set[int]], num_microbatches: int,
-                 schedule: str = "1f1b", remat: Sequence[bool] = ()) -> None:
+                 schedule: str = "1f1b", remat: Sequence[bool] = (),
+                 operand_specs: Sequence[Mapping[tuple[int, int], ShardingSpec]] = ()) -> None:
         if len(meshes) != split.num_stages:
             raise ValueError(f"{split.num_stages} stages but {len(meshes)} meshes")
         self.split = split
@@ -135,8 +146,9 @@ class PipelineRuntime:
         self.schedule = schedule
         self.remat = tuple(remat) if remat else (False,) * split.num_stages
         self.meshes = tuple(meshes)
+        operands = tuple(operand_specs) if operand_specs else ({},) * split.num_stages
         self.programs = [build_piece(split, p, meshes[p.stage], specs[p.stage], fixed[p.stage],
-                                     self.remat[p.stage]) for p in split.pieces]
+                                     self.remat[p.stage], operands[p.stage]) for p in split.pieces]
         self.timeline: list[TimelineEvent] = []
         self.block = False
         self._tasks = self._task_lists()

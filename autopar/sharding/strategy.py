@@ -125,8 +125,13 @@ def _label(slots: Sequence[Slot], assign: dict[int, tuple[str, ...]]) -> str:
 def enumerate_slot_strategies(ctx: RuleContext, slots: Sequence[Slot], reduce_op: str = "sum",
                               reduce_scatter: bool = True,
                               in_shapes: Sequence[tuple[int, ...]] | None = None,
-                              out_shapes: Sequence[tuple[int, ...]] | None = None) -> list[Strategy]:
-    """Every valid assignment of mesh axes to slots, as strategies (see the module docstring)."""
+                              out_shapes: Sequence[tuple[int, ...]] | None = None,
+                              all_reduce_per_slot: bool = False) -> list[Strategy]:
+    """Every valid assignment of mesh axes to slots, as strategies (see the module docstring).
+
+    ``all_reduce_per_slot``: resolve partial results with one all-reduce per split reducing slot (over that
+    slot's axes) instead of one over all partial axes: XLA's SPMD partitioner does so for a reduce whose
+    reduced dims are split over different mesh axes."""
     mesh = ctx.mesh
     ins_shapes = list(in_shapes if in_shapes is not None else ctx.in_shapes)
     outs_shapes = list(out_shapes if out_shapes is not None else ctx.out_shapes)
@@ -151,9 +156,11 @@ def enumerate_slot_strategies(ctx: RuleContext, slots: Sequence[Slot], reduce_op
             result.append(Strategy(label, in_specs, out_specs, work))
             continue
         # Resolve the partial sum: all-reduce (output replicated over the partial axes) ...
+        groups = [tuple(a for a in axes if a in ax) for si, ax in sorted(assign.items()) if slots[si].reduces] \
+            if all_reduce_per_slot else [partial]
         ar = tuple(CollectiveStep("all-reduce", s.bytes_per_device(sh, np.dtype("u1"), mesh) * isz,
-                                  partial, reduce_op)
-                   for s, sh, isz in zip(out_specs, outs_shapes, itemsize))
+                                  group, reduce_op)
+                   for group in groups for s, sh, isz in zip(out_specs, outs_shapes, itemsize))
         result.append(Strategy(f"{label}|all-reduce", in_specs, out_specs, work, ar))
         # ... or reduce-scatter onto one output dim (single-output ops only).
         if not reduce_scatter or len(outs_shapes) != 1:

@@ -2,7 +2,8 @@
 
 Slots: every operand dim; kept dims map to the output, reduced dims (``axes``) index no output. Splitting
 a reduced dim leaves partial results resolved by an all-reduce of the matching kind (sum, max, ...; the
-same cost) or, for single-output reductions, a reduce-scatter onto an output dim.
+same cost; one all-reduce per split reduced dim, as XLA's SPMD partitioner emits them) or, for single-output
+reductions, a reduce-scatter onto an output dim.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def _reduction_strategies(ctx: RuleContext) -> list[Strategy]:
         slots.append(Slot(f"d{d}" if d in kept else f"r{d}", ins[:n_in], out))
     op = REDUCE_OPS.get(ctx.op.primitive, "sum")
     return enumerate_slot_strategies(ctx, slots, reduce_op=op,
-                                     reduce_scatter=op in ("sum", "max", "min", "prod"))
+                                     reduce_scatter=op in ("sum", "max", "min", "prod"), all_reduce_per_slot=True)
 
 
 rules: dict[str, Rule] = {p: _reduction_strategies for p in REDUCE_OPS}
