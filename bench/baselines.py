@@ -60,15 +60,16 @@ def method_text(method: Any) -> str:
 
 
 def evaluate(fn: Callable[..., Any], args: tuple[Any, ...], cluster: Any, method: Any,
-             label: str | None = None) -> Outcome:
-    """Plan ``fn(*args)`` with ``method`` on ``cluster`` and summarise the estimate (never raises)."""
+             label: str | None = None, donate: tuple[int, ...] = ()) -> Outcome:
+    """Plan ``fn(*args)`` with ``method`` on ``cluster`` (``donate``: the donated arguments) and summarise the
+    estimate (never raises)."""
     import autopar
     from autopar.planner.problem import InfeasibleMemoryError
 
     label = label or method_text(method)
     t0 = time.perf_counter()
     try:
-        plan = autopar.plan(fn, *args, cluster=cluster, method=method)
+        plan = autopar.plan(fn, *args, cluster=cluster, method=method, donate_argnums=donate)
     except InfeasibleMemoryError as e:
         return Outcome(label, "does not fit", search_time_s=time.perf_counter() - t0,
                        min_memory_bytes=float(e.min_budget_bytes))
@@ -94,8 +95,8 @@ def manual3d_grid(num_devices: int, devices_per_node: int, batch_size: int | Non
                   max_configs: int = 32) -> list[Any]:
     """Megatron-style configurations: tp inside a node (powers of two), pp over what is left, dp the rest;
     microbatches (gradient accumulation) in {none (pp = 1 only), 4pp, 16pp, 64pp, pp (pp > 1)} within the
-    batch; remat none, then full. Ordered by Megatron's preference (tp first, then pp, few microbatches),
-    all remat-none configurations before the remat-full ones, cut to ``max_configs``."""
+    batch; each shape with remat none, then full. Ordered by Megatron's preference (tp first, then pp, few
+    microbatches), cut to ``max_configs``."""
     import autopar
 
     shapes = []
@@ -110,19 +111,27 @@ def manual3d_grid(num_devices: int, devices_per_node: int, batch_size: int | Non
                            if per_dp is None or (m <= per_dp and per_dp % m == 0)]
             shapes += [(dp, tp, pp, m) for m in mbs]
     return [autopar.Manual3D(dp=dp, tp=tp, pp=pp, num_microbatches=m, remat=remat)
-            for remat in ("none", "full") for dp, tp, pp, m in shapes][:max_configs]
+            for dp, tp, pp, m in shapes for remat in ("none", "full")][:max_configs]
 
 
 def best_manual3d(fn: Callable[..., Any], args: tuple[Any, ...], cluster: Any,
-                  batch_size: int | None, max_configs: int = 32) -> Outcome:
-    """The fastest Manual3D of the grid; ``unavailable`` as soon as the planner says Manual3D is."""
+                  batch_size: int | None, max_configs: int = 32, donate: tuple[int, ...] = ()) -> Outcome:
+    """The fastest Manual3D of the grid (a shape is planned with remat "full" only when it does not fit
+    without: recomputation never makes a plan faster); ``unavailable`` as soon as the planner says Manual3D
+    is."""
     best: Outcome | None = None
     no_fit: Outcome | None = None
     errors = []
+    fitted: set[tuple[int, int, int, int | None]] = set()
     for method in manual3d_grid(cluster.num_devices, cluster.devices_per_node, batch_size, max_configs):
-        o = evaluate(fn, args, cluster, method)
+        shape = (method.dp, method.tp, method.pp, method.num_microbatches)
+        if method.remat != "none" and shape in fitted:
+            continue
+        o = evaluate(fn, args, cluster, method, donate=donate)
         if o.status.startswith("unavailable") and best is None and no_fit is None:
             return dataclasses.replace(o, label="Manual3D grid")
+        if o.ok:
+            fitted.add(shape)
         if o.ok and (best is None or (o.step_time_s or math.inf) < (best.step_time_s or math.inf)):
             best = o
         elif o.status == "does not fit" and (no_fit is None or (o.min_memory_bytes or math.inf)
@@ -181,18 +190,19 @@ def alpa_method(key: str) -> tuple[Any, list[str]]:
 
 
 def run_baselines(kinds: tuple[str, ...], fn: Callable[..., Any], args: tuple[Any, ...], cluster: Any,
-                  batch_size: int | None, alpa: str | None = None) -> dict[str, Outcome]:
+                  batch_size: int | None, alpa: str | None = None,
+                  donate: tuple[int, ...] = ()) -> dict[str, Outcome]:
     """Evaluate each requested baseline kind (``alpa`` only when the case names a published plan)."""
     import autopar
 
     out: dict[str, Outcome] = {}
     for kind in kinds:
         if kind == "data":
-            out[kind] = evaluate(fn, args, cluster, autopar.DataParallel(), "DataParallel")
+            out[kind] = evaluate(fn, args, cluster, autopar.DataParallel(), "DataParallel", donate)
         elif kind == "zero3":
-            out[kind] = evaluate(fn, args, cluster, autopar.ZeroParallel(stage=3), "ZeRO-3")
+            out[kind] = evaluate(fn, args, cluster, autopar.ZeroParallel(stage=3), "ZeRO-3", donate)
         elif kind == "manual3d":
-            out[kind] = best_manual3d(fn, args, cluster, batch_size)
+            out[kind] = best_manual3d(fn, args, cluster, batch_size, donate=donate)
         elif kind == "alpa" and alpa is not None:
             plan = ALPA_PLANS.get(alpa)
             if plan is None:
@@ -207,5 +217,5 @@ def run_baselines(kinds: tuple[str, ...], fn: Callable[..., Any], args: tuple[An
                 out[kind] = Outcome(f"Alpa {alpa}", f"unavailable: {e}")
                 continue
             label = f"Alpa {alpa}" + (f" (without {', '.join(dropped)})" if dropped else "")
-            out[kind] = evaluate(fn, args, cluster, method, label)
+            out[kind] = evaluate(fn, args, cluster, method, label, donate)
     return out

@@ -71,10 +71,12 @@ def run_case(case: Case, *, baselines: bool = True, log: Callable[[str], None] =
     fn, args = build_case(case)
     cluster = cluster_for(case)
     log(f"{case.name}: {method_label(case.method)} on {case.describe_cluster()} ({cluster.num_devices} devices)")
-    main = evaluate(fn, args, cluster, method_from_spec(case.method), method_label(case.method))
+    main = evaluate(fn, args, cluster, method_from_spec(case.method), method_label(case.method),
+                    donate=case.donate_argnums)
     others: dict[str, Outcome] = {}
     if baselines:
-        others = run_baselines(case.baselines, fn, args, cluster, batch_size_of(args), case.alpa)
+        others = run_baselines(case.baselines, fn, args, cluster, batch_size_of(args), case.alpa,
+                               donate=case.donate_argnums)
     ratios = {k: o.step_time_s / main.step_time_s for k, o in others.items()
               if o.ok and main.ok and o.step_time_s and main.step_time_s}
     rec: dict[str, Any] = {

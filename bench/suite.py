@@ -19,6 +19,7 @@ Suite file schema (TOML shown; JSON takes the same keys)::
     gpus = 4                        # optional: fewer devices than a whole node (one node's first gpus)
     method = { name = "shard", mesh_shape = [8] }   # or "auto", "data", "zero3", "pipeshard", ...
     alpa = "gpt_15b_32"             # optional: the published Alpa plan to compare with (bench.baselines)
+    donate_argnums = [0]            # optional: arguments the step overwrites (its train state), for every plan
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ SUITES_DIR = Path(__file__).resolve().parent / "suites"
 BUILTIN_SUITES = ("ci", "full")
 BASELINE_KINDS = ("data", "zero3", "manual3d", "alpa")
 CASE_KEYS = {"name", "model", "args", "cluster", "nodes", "gpus", "method", "baselines", "alpa", "family",
-             "note"}
+             "note", "donate_argnums"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Case:
     alpa: str | None = None
     family: str = ""                          # groups cases for scaling plots (e.g. "gpt")
     note: str = ""
+    donate_argnums: tuple[int, ...] = ()      # arguments the step overwrites (its train state: 0)
 
     def describe_cluster(self) -> str:
         if self.gpus is not None:
@@ -144,10 +146,13 @@ def _case_from_dict(d: Mapping[str, Any], defaults: Mapping[str, Any], where: st
         raise ValueError(f"{where}: baselines {bad} unknown; use any of {list(BASELINE_KINDS)}")
     method = merged.get("method", "auto")
     method_from_spec(method)   # validate early
+    donate = merged.get("donate_argnums", [])
+    if not isinstance(donate, list) or not all(isinstance(i, int) and i >= 0 for i in donate):
+        raise ValueError(f"{where}: donate_argnums={donate!r} must be a list of argument positions, e.g. [0]")
     return Case(name=merged["name"], model=merged["model"], args=dict(args),
                 cluster=str(merged.get("cluster", Case.cluster)), nodes=nodes, gpus=gpus, method=method,
                 baselines=baselines, alpa=merged.get("alpa"), family=str(merged.get("family", "")),
-                note=str(merged.get("note", "")))
+                note=str(merged.get("note", "")), donate_argnums=tuple(donate))
 
 
 def suite_from_dict(d: Mapping[str, Any], where: str = "suite") -> Suite:
