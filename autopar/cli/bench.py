@@ -62,17 +62,19 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--tolerance must be >= 0, --search-factor >= 1 and --search-floor >= 0")
     _import_bench()
     from bench.plots import markdown_table, print_table, scaling_plots
-    from bench.runner import check, format_violations, load_baseline, run_suite, write_baseline
+    from bench.runner import check, format_violations, load_baseline, run_case, write_baseline
     from bench.suite import load_suite
 
     suite = load_suite(args.suite).select(args.case)
     baseline = load_baseline(args.check) if args.check and args.update is None else None
     log = (lambda m: None) if args.quiet else (lambda m: print(f"  {m}", file=sys.stderr, flush=True))
-    records = run_suite(suite, baselines=not args.no_baselines, log=log)
+    records: list[dict[str, Any]] = []
+    for case in suite.cases:       # the JSON is rewritten after every case: a long run cut short keeps its cases
+        records.append(run_case(case, baselines=not args.no_baselines, log=log))
+        if args.json:
+            Path(args.json).write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
 
     print_table(records, title=f"autopar bench --suite {suite.name}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
     if args.markdown:
         Path(args.markdown).write_text(markdown_table(records) + "\n")
     plots_dir = args.plots or ("bench-results" if args.suite == "full" else None)
