@@ -120,3 +120,18 @@ def test_auto_is_never_worse_than_manual3d() -> None:
         manual = autopar.plan(step, *args, cluster=cluster, batch_argnums=(1,),
                               method=autopar.Manual3D(dp, tp, pp, num_microbatches=4))
         assert auto.estimate.step_time_s <= manual.estimate.step_time_s * (1 + 1e-9), (dp, tp, pp)
+
+
+def test_microbatch_walk_goes_downhill_from_the_best_grid_point() -> None:
+    from autopar.planner.stage_dp import MAX_MICROBATCH_COUNTS, microbatch_grid, next_microbatch_count
+
+    assert microbatch_grid(1024) == [1, 128, 1024]
+    inf = float("inf")
+    assert next_microbatch_count({1: inf, 128: 5.0, 1024: 9.0}, 1024) == [64]
+    assert next_microbatch_count({1: inf, 128: 5.0, 1024: 9.0, 64: 6.0}, 1024) == [256]
+    assert next_microbatch_count({1: inf, 128: 5.0, 1024: 9.0, 64: 6.0, 256: 5.5}, 1024) == []
+    assert next_microbatch_count({1: inf, 128: inf, 1024: 3.0}, 1024) == [512]
+    assert next_microbatch_count({1: inf, 128: inf, 1024: inf}, 1024) == []      # nothing fits: stop
+    assert next_microbatch_count({1: 2.0, 6: 3.0}, 6) == [2]                     # only divisors of the batch
+    many = {2 ** i: float(10 - i) for i in range(MAX_MICROBATCH_COUNTS)}
+    assert next_microbatch_count(many, 1024) == []                              # at most 7 counts

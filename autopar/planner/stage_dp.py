@@ -241,7 +241,9 @@ def search_stages(trace_at: Callable[[int], Graph], batch: int, cluster: Cluster
     ms = [method.num_microbatches] if method.num_microbatches else microbatch_grid(batch)
     best: StagedResult | None = None
     log: list[dict[str, Any]] = []
-    for m in ms:
+    tried: dict[int, float] = {}
+    while ms:
+        m = ms.pop(0)
         # a batch-first mesh whose dp axis does not divide the microbatch is the free mesh again
         options = [o for o in submesh_options(cluster) if not o.batch_first or (batch // m) % o.devices == 0]
         variants = [o for o in options for _ in ("fast", "lean")]
@@ -255,9 +257,12 @@ def search_stages(trace_at: Callable[[int], Graph], batch: int, cluster: Cluster
         res = search.best(list(layer_flops(graph, layers)))
         log.append({"num_microbatches": m, "layer_ilps": solved, "trace_time_s": t1 - t0, "layer_time_s": t2 - t1,
                     "stage_plan_time_s": time.perf_counter() - t2, **search.entry})
+        tried[m] = res.plan.estimate.step_time_s if res is not None else INF
         if res is not None and (best is None
                                 or res.plan.estimate.step_time_s < best.plan.estimate.step_time_s * (1 - 1e-9)):
             best = res
+        if not ms and not method.num_microbatches:
+            ms = next_microbatch_count(tried, batch)
     if best is None:
         why = "; ".join(f"{e['num_microbatches']} microbatches: {e.get('error', 'no layout fits')}" for e in log)
         raise InfeasibleMemoryError(f"no pipeline layout fits in {limit / 2**30:.3g} GiB per device ({why}): use "
@@ -422,6 +427,23 @@ def uniform_ranking(costs: list[list[LayerCost | None]], variants: list[MeshOpti
                 seen.add((opt, bool(r)))
                 out.append((sum(times) + (m - 1) * max(times), o, bool(r)))
     return sorted(out)
+
+
+MAX_MICROBATCH_COUNTS = 7
+
+
+def next_microbatch_count(tried: dict[int, float], batch: int) -> list[int]:
+    """After the grid: the untried neighbour (half or double, dividing the batch) of the fastest count so far,
+    while the fastest has one and fewer than ``MAX_MICROBATCH_COUNTS`` counts were tried. The step time over
+    log m is about unimodal (too little memory at few microbatches, a large bubble in between, per-microbatch
+    overheads and small matmuls at many), so this walks downhill from the best grid point."""
+    if len(tried) >= MAX_MICROBATCH_COUNTS or not any(math.isfinite(v) for v in tried.values()):
+        return []
+    best = min(tried, key=tried.__getitem__)
+    for m in (best // 2, best * 2):
+        if 1 <= m <= batch and batch % m == 0 and m not in tried:
+            return [m]
+    return []
 
 
 def microbatch_grid(batch: int) -> list[int]:
