@@ -91,12 +91,16 @@ def _pow2_divisors(n: int, cap: int) -> list[int]:
     return [d for d in (2 ** i for i in range(0, 12)) if d <= cap and n % d == 0]
 
 
+MICRO_BATCH_SIZES = (16, 4, 1)
+
+
 def manual3d_grid(num_devices: int, devices_per_node: int, batch_size: int | None,
-                  max_configs: int = 32) -> list[Any]:
+                  max_configs: int | None = None) -> list[Any]:
     """Megatron-style configurations: tp inside a node (powers of two), pp over what is left, dp the rest;
-    microbatches (gradient accumulation) in {none (pp = 1 only), 4pp, 16pp, 64pp, pp (pp > 1)} within the
-    batch; each shape with remat none, then full. Ordered by Megatron's preference (tp first, then pp, few
-    microbatches), cut to ``max_configs``."""
+    microbatches as Megatron sets them, by the micro-batch size (samples per data-parallel replica per
+    microbatch) in {16, 4, 1} — m = (batch / dp) / size — plus no accumulation when pp = 1; each shape with
+    remat none, then full. Ordered by tp, then pp, then the smallest micro-batch first (the one most likely to
+    fit), cut to ``max_configs``."""
     import autopar
 
     shapes = []
@@ -106,28 +110,32 @@ def manual3d_grid(num_devices: int, devices_per_node: int, batch_size: int | Non
             per_dp = batch_size // dp if batch_size else None
             if per_dp is not None and (batch_size % dp or per_dp < 1):
                 continue
-            first: list[int | None] = [None] if pp == 1 else [pp]
-            mbs = first + [m for m in (4 * pp, 16 * pp, 64 * pp)
-                           if per_dp is None or (m <= per_dp and per_dp % m == 0)]
-            shapes += [(dp, tp, pp, m) for m in mbs]
+            last: list[int | None] = [None] if pp == 1 else []
+            counts = [per_dp // size for size in MICRO_BATCH_SIZES if per_dp is not None and per_dp % size == 0
+                      and per_dp // size >= max(pp, 2)] if per_dp is not None else [4 * pp, 16 * pp, 64 * pp]
+            shapes += [(dp, tp, pp, m) for m in sorted(set(counts), reverse=True) + last]
     return [autopar.Manual3D(dp=dp, tp=tp, pp=pp, num_microbatches=m, remat=remat)
             for dp, tp, pp, m in shapes for remat in ("none", "full")][:max_configs]
 
 
 def best_manual3d(fn: Callable[..., Any], args: tuple[Any, ...], cluster: Any,
-                  batch_size: int | None, max_configs: int = 32, donate: tuple[int, ...] = ()) -> Outcome:
-    """The fastest Manual3D of the grid (a shape is planned with remat "full" only when it does not fit
-    without: recomputation never makes a plan faster); ``unavailable`` as soon as the planner says Manual3D
-    is."""
+                  batch_size: int | None, max_configs: int | None = None, donate: tuple[int, ...] = ()) -> Outcome:
+    """The fastest Manual3D of the grid; ``unavailable`` as soon as the planner says Manual3D is. Pruned
+    without loss: a shape is planned with remat "full" only when it does not fit without (recomputation
+    never makes a plan faster), and once a (dp, tp, pp) does not fit even rematerialized at some micro-batch
+    size, its larger micro-batch sizes (more activation memory, the same state) are skipped."""
     best: Outcome | None = None
     no_fit: Outcome | None = None
     errors = []
     fitted: set[tuple[int, int, int, int | None]] = set()
+    hopeless: set[tuple[int, int, int]] = set()
     for method in manual3d_grid(cluster.num_devices, cluster.devices_per_node, batch_size, max_configs):
         shape = (method.dp, method.tp, method.pp, method.num_microbatches)
-        if method.remat != "none" and shape in fitted:
+        if (method.remat != "none" and shape in fitted) or shape[:3] in hopeless:
             continue
         o = evaluate(fn, args, cluster, method, donate=donate)
+        if method.remat != "none" and o.status == "does not fit":
+            hopeless.add(shape[:3])
         if o.status.startswith("unavailable") and best is None and no_fit is None:
             return dataclasses.replace(o, label="Manual3D grid")
         if o.ok:

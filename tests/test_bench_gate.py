@@ -129,9 +129,9 @@ def test_best_manual3d_is_the_fastest_of_its_grid(suite_file: Path) -> None:
 
     fn, args = build_case(load_suite(suite_file).cases[0])
     cluster = autopar.ClusterSpec.preset("p3.16xlarge")
-    grid = manual3d_grid(8, 8, 1024, max_configs=2)           # dp=8 without accumulation: 1-D
+    grid = manual3d_grid(8, 8, 1024, max_configs=2)           # dp=8, one sample per replica per microbatch
     assert [(m.dp, m.tp, m.pp, m.num_microbatches, m.remat) for m in grid] == \
-        [(8, 1, 1, None, "none"), (8, 1, 1, None, "full")]
+        [(8, 1, 1, 128, "none"), (8, 1, 1, 128, "full")]
     best = best_manual3d(fn, args, cluster, 1024, max_configs=2)
     each = [evaluate(fn, args, cluster, m) for m in grid]
     if best.status.startswith("unavailable"):                 # the pipeline planner is not there: recorded
@@ -160,6 +160,9 @@ def test_manual3d_grid_is_megatron_like() -> None:
     grid = manual3d_grid(16, 8, 64, max_configs=1000)
     assert all(m.dp * m.tp * m.pp == 16 and m.tp <= 8 for m in grid)
     assert all(m.num_microbatches is None or (64 // m.dp) % m.num_microbatches == 0 for m in grid)
+    # micro-batch sizes 16, 4, 1 per data-parallel replica (m >= 2): dp=4 holds 16 samples -> m = 4, 16
+    assert {m.num_microbatches for m in grid if (m.dp, m.tp, m.pp) == (4, 4, 1)} == {None, 4, 16}
+    assert {m.num_microbatches for m in grid if (m.dp, m.tp, m.pp) == (1, 8, 2)} == {4, 16, 64}
     assert {m.remat for m in grid} == {"none", "full"}
     assert ALPA_PLANS["gpt_39b_64"].options()["submeshes"] == [4] * 16
     assert sum(ALPA_PLANS["wresnet_4b_16"].options()["submeshes"]) == 16
