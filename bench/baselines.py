@@ -73,7 +73,7 @@ def evaluate(fn: Callable[..., Any], args: tuple[Any, ...], cluster: Any, method
     except InfeasibleMemoryError as e:
         return Outcome(label, "does not fit", search_time_s=time.perf_counter() - t0,
                        min_memory_bytes=float(e.min_budget_bytes))
-    except (ValueError, NotImplementedError) as e:
+    except (ValueError, NotImplementedError, RuntimeError) as e:   # RuntimeError: a time-limited ILP found nothing
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
         if any(m in text for m in _UNAVAILABLE_MARKERS) or isinstance(e, NotImplementedError):
             return Outcome(label, f"unavailable: {text}")

@@ -126,7 +126,7 @@ def plan_one(model: str, batch: int, nodes: int, method: Any, time_limit_s: floa
                             time_limit_s=time_limit_s)
     except InfeasibleMemoryError as e:
         return {"status": "does not fit", "wall_s": time.perf_counter() - t0, "why": str(e)[:300]}
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:   # RuntimeError: a time-limited ILP found no plan at all
         return {"status": f"error: {e}"[:300], "wall_s": time.perf_counter() - t0}
     wall = time.perf_counter() - t0
     est = plan.estimate
