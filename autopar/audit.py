@@ -11,6 +11,21 @@ platform lowers collectives (``backend_lowering_rules``: XLA:CPU turns a reduce-
 so a plan checked on fake CPU devices is compared with what that CPU program can show.
 Refuses: a plan needing more devices than are local (ValueError naming both numbers).
 
+Pipelined and microbatched plans (``stage_layers`` in the method options) run several programs per stage: a
+forward and a backward piece per microbatch (in their accumulating form when m > 1) and update pieces once per
+step (``ParallelFunction.lower_pieces``). Their stage Estimate means one microbatch's forward + backward plus the
+update once, so the compiled side of a stage is defined to match:
+- comm bytes and collective counts (and flops): the sum over the stage's programs, each counted once;
+- peak memory per device: the largest footprint of the stage's programs (arguments + outputs + temporaries -
+  aliased, plus the stage's resident state — the step's non-batch inputs its programs read, parameters and
+  optimizer state — that is not an argument of that program: it stays on the devices while, say, the backward
+  runs, as it does inside the one-program peak the stage's Estimate starts from), plus ``(in_flight - 1) x stash`` — ``in_flight`` the microbatches the schedule keeps at once on
+  the stage (``autopar.pipeline.schedule.in_flight``), ``stash`` the per-device bytes of the forward program's
+  compiled outputs the backward reads (a rematerialized stage: the forward's batch-dependent inputs it reads) —
+  plus, when m > 1, the averaged-gradient accumulator (the compiled sizes of the pieces' summed outputs).
+The parts are kept in ``StageAudit.memory_parts``. The whole program is combined as for several stages: the
+worst stage's memory, bytes, counts and flops summed over stages.
+
 The HLO reading lives here (``collective_lines``, ``count_collectives``, ``collective_bytes``, ``describe``);
 ``tests/hlo.py`` re-exports it. Async pairs count once (the ``-start``); instructions in every computation
 count once (a collective in a loop body counts once, not once per trip); combined (tuple) all-reduce,
@@ -195,9 +210,7 @@ def lowered_for(cost: ProgramCost, platform: str) -> ProgramCost:
 
 def compiled_cost(compiled: Any, num_devices: int) -> ProgramCost:
     """Read a compiled SPMD program (``jax.stages.Compiled``) running on ``num_devices`` devices."""
-    mem = compiled.memory_analysis()
-    peak = float(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-                 - mem.alias_size_in_bytes)
+    peak = _footprint(compiled)
     costs = compiled.cost_analysis()
     costs = costs[0] if isinstance(costs, (list, tuple)) else (costs or {})
     text = compiled.as_text()
@@ -232,6 +245,9 @@ class StageAudit:
     hlo_collectives: str = ""      # ``describe`` of the compiled program
     planned: ProgramCost | None = None
     platform: str = ""
+    # pipelined stages: each program's footprint with the resident state it does not take, by piece name, "stash" (one microbatch's kept values),
+    # "in_flight" (microbatches the schedule keeps) and "accumulator" (averaged-gradient sums, m > 1)
+    memory_parts: Mapping[str, float] = field(default_factory=dict)
 
     def ratios(self) -> dict[str, float]:
         return _ratios(self.predicted, self.compiled)
@@ -288,7 +304,9 @@ class AuditReport:
                 "ratios": _finite(self.ratios()), "compile_time_s": self.compile_time_s,
                 "stages": [{"name": s.name, "num_devices": s.num_devices, "platform": s.platform,
                             "planned": (s.planned or s.predicted).to_dict(), "predicted": s.predicted.to_dict(),
-                            "compiled": s.compiled.to_dict(), "ratios": _finite(s.ratios())} for s in self.stages]}
+                            "compiled": s.compiled.to_dict(), "ratios": _finite(s.ratios()),
+                            **({"memory_parts": dict(s.memory_parts)} if s.memory_parts else {})}
+                           for s in self.stages]}
 
 
 def _finite(ratios: Mapping[str, float]) -> dict[str, float | None]:
@@ -297,15 +315,95 @@ def _finite(ratios: Mapping[str, float]) -> dict[str, float | None]:
 
 
 # ---- the library call ------------------------------------------------------------------------------
-def _stage_programs(pf: Any, args: Sequence[Any], plan: Any) -> list[tuple[Any, Any]]:
-    """(StagePlan, lowered program): the single SPMD program of ``lower``."""
-    if "stage_layers" in (plan.method_options or {}):
-        raise ValueError("auditing pipelined / microbatched plans is not supported yet: their programs are "
-                         "per stage and per phase (ParallelFunction.lower_pieces gives each one's lowering)")
-    if len(plan.stages) != 1:
-        raise ValueError(f"the plan has {len(plan.stages)} stages but this autopar can compile only single-stage "
-                         "plans for an audit")
-    return [(plan.stages[0], pf.lower(*args))]
+def _footprint(compiled: Any) -> float:
+    """XLA's per-device footprint of one program: arguments + outputs + temporaries - aliased."""
+    mem = compiled.memory_analysis()
+    return float(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+                 - mem.alias_size_in_bytes)
+
+
+def _shard_bytes(info: Any, sharding: Any) -> float:
+    """Per-device bytes of one value of a compiled program (its shape and dtype under its sharding)."""
+    shape = sharding.shard_shape(tuple(info.shape)) if sharding is not None else tuple(info.shape)
+    return float(math.prod(shape)) * info.dtype.itemsize
+
+
+def _flat_values(compiled: Any, side: str) -> list[tuple[Any, Any]]:
+    """(ShapeDtypeStruct, sharding) of each flat input (``side="in"``) or output of a compiled program."""
+    import jax
+
+    if side == "in":
+        infos = jax.tree.leaves(compiled.args_info, is_leaf=lambda x: hasattr(x, "shape"))
+        shardings = jax.tree.leaves(compiled.input_shardings)
+    else:
+        infos = jax.tree.leaves(compiled.out_info, is_leaf=lambda x: hasattr(x, "shape"))
+        shardings = jax.tree.leaves(compiled.output_shardings)
+    if len(infos) != len(shardings):
+        raise ValueError(f"a compiled program lists {len(infos)} {side}puts but {len(shardings)} shardings")
+    return list(zip(infos, shardings))
+
+
+def _kept_values(runtime: Any, stage: int) -> list[tuple[str, str, int]]:
+    """Where the values one microbatch keeps on ``stage`` between its forward and its backward sit, as
+    (piece name, "in" | "out", flat position): the forward program's outputs the backward reads, or, for a
+    rematerialized stage, the forward program's batch-dependent inputs (the backward recomputes the rest)."""
+    progs = {pp.piece.phase: pp for pp in runtime.programs if pp.piece.stage == stage and pp.piece.per_microbatch}
+    fwd, bwd = progs.get("forward"), progs.get("backward")
+    if fwd is None or bwd is None:
+        return []
+    read = set(bwd.inputs)
+    if runtime.remat[stage]:
+        split = runtime.split
+        return [(fwd.piece.name, "in", j) for j, t in enumerate(fwd.inputs)
+                if t in read and t in split.batch_dependent]
+    return [(fwd.piece.name, "out", j) for j, t in enumerate(fwd.outputs) if t in read]
+
+
+def _resident_state(runtime: Any, programs: Sequence[Any], compiled: Mapping[str, Any]) -> dict[int, float]:
+    """Per-device bytes of the step's non-batch inputs (parameters, optimizer state) the stage's programs read:
+    they stay on the stage's devices for the whole step, arguments of some programs and not of others."""
+    from autopar.ir.graph import Role
+
+    g = runtime.split.graph
+    state = {t for t in g.inputs if g.tensors[t].role is not Role.BATCH}
+    out: dict[int, float] = {}
+    for pp in programs:
+        values = _flat_values(compiled[pp.piece.name], "in")
+        for j, t in enumerate(pp.inputs):
+            if t in state and t not in out:
+                out[t] = _shard_bytes(*values[j])
+    return out
+
+
+def _pipelined_stages(pf: Any, args: Sequence[Any], plan: Any, platform: str) -> list[StageAudit]:
+    """One StageAudit per stage of a pipelined / microbatched plan (see the module docstring)."""
+    from autopar.pipeline.schedule import in_flight
+
+    runtime = pf._compile(args).program
+    lowered = runtime.lower_pieces()
+    compiled = {name: low.compile() for name, low in lowered.items()}
+    m, p = runtime.m, runtime.split.num_stages
+    out = []
+    for s, stage in enumerate(plan.stages):
+        n = len(stage.devices)
+        mine = [pp for pp in runtime.programs if pp.piece.stage == s]
+        costs = [compiled_cost(compiled[pp.piece.name], n) for pp in mine]
+        state = _resident_state(runtime, mine, compiled)
+        footprints = {pp.piece.name: _footprint(compiled[pp.piece.name])
+                      + sum(b for t, b in state.items() if t not in set(pp.inputs)) for pp in mine}
+        stash = sum(_shard_bytes(*_flat_values(compiled[name], side)[j]) for name, side, j in _kept_values(runtime, s))
+        acc = sum(_shard_bytes(*_flat_values(compiled[pp.piece.name], "out")[j])
+                  for pp in mine for j in pp.averaged) if m > 1 else 0.0
+        keep = in_flight(runtime.schedule, p, m, s)
+        peak = max(footprints.values(), default=0.0) + max(keep - 1, 0) * stash + acc
+        summed = _combine(costs) if costs else ProgramCost(0.0)
+        parts = {**footprints, "stash": stash, "in_flight": float(keep), "accumulator": acc}
+        planned = predicted_cost(stage.estimate)
+        text = "\n".join(describe(compiled[pp.piece.name].as_text()) for pp in mine)
+        out.append(StageAudit(stage.name, n, lowered_for(planned, platform),
+                              ProgramCost(peak, summed.comm_bytes, summed.collective_counts, summed.flops),
+                              text.strip("\n"), planned, platform, parts))
+    return out
 
 
 def audit(fn: Callable[..., Any], *args: Any, method: Any = "auto", batch_argnums: Any = None,
@@ -324,6 +422,7 @@ def audit(fn: Callable[..., Any], *args: Any, method: Any = "auto", batch_argnum
 
     from autopar.api import ParallelFunction
     from autopar.api import plan as make_plan
+    from autopar.emit.pipeline import is_pipelined
     from autopar.plan import Plan
 
     local = list(devices) if devices is not None else list(jax.devices())
@@ -343,12 +442,17 @@ def audit(fn: Callable[..., Any], *args: Any, method: Any = "auto", batch_argnum
     pf = ParallelFunction(fn, plan=plan, static_argnums=static_argnums, batch_argnums=batch_argnums,
                           donate_argnums=donate_argnums, devices=local)
     start = time.perf_counter()
-    stages = []
-    for stage, lowered in _stage_programs(pf, args, plan):
+    platform = str(local[0].platform)
+    if is_pipelined(plan):
+        stages = _pipelined_stages(pf, args, plan, platform)
+    else:
+        if len(plan.stages) != 1:
+            raise ValueError(f"the plan has {len(plan.stages)} stages but is not pipelined (no stage_layers in "
+                             "its method_options): it is not a plan autopar wrote; re-plan it")
+        stage, lowered = plan.stages[0], pf.lower(*args)
         compiled = lowered.compile()
         n = len(stage.devices)
         planned = predicted_cost(stage.estimate)
-        platform = str(local[0].platform)
-        stages.append(StageAudit(stage.name, n, lowered_for(planned, platform), compiled_cost(compiled, n),
-                                 describe(compiled.as_text()), planned, platform))
+        stages = [StageAudit(stage.name, n, lowered_for(planned, platform), compiled_cost(compiled, n),
+                             describe(compiled.as_text()), planned, platform)]
     return AuditReport(plan=plan, stages=tuple(stages), compile_time_s=time.perf_counter() - start)

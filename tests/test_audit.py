@@ -5,13 +5,20 @@
     the bytes read equal the ring formula for the known buffer sizes;
 (c) ``autopar.audit`` on a data-parallel MLP: memory and all-reduce bytes match the prediction within 15 %
     (the acceptance tolerance), counts match exactly;
-(d) ratios, failures and JSON conversion.
+(d) ratios, failures and JSON conversion;
+(e) pipelined / microbatched plans: one StageAudit per stage whose compiled memory is the largest program
+    footprint + (in flight - 1) x stash + the accumulator, with the accumulator's closed form, and the real
+    ``autopar audit`` CLI on ``mlp_tiny``, whose default plan is pipelined.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
@@ -178,3 +185,114 @@ def test_acceptance_ratios_within_15_percent(model: str, method: str) -> None:
     assert report.compiled.comm_bytes, "expected collectives in the compiled program"
     assert report.failures(0.15) == {}, report.ratios()
     assert report.predicted.collective_counts == report.compiled.collective_counts
+
+
+# ---- pipelined / microbatched plans ----------------------------------------------------------------
+PP2 = autopar.PipeshardParallel(num_microbatches=2, stages=2)
+
+
+def _tiny(name: str) -> tuple:
+    from bench.models import MODELS
+
+    return MODELS[name]()
+
+
+def _check_pipelined_report(report: AuditReport) -> None:
+    """The compiled memory of every stage is assembled from its parts as the module docstring defines."""
+    for st in report.stages:
+        parts = dict(st.memory_parts)
+        programs = [v for k, v in parts.items() if k.startswith(f"s{st.name[len('stage'):]}.")]
+        assert programs, parts
+        keep = parts["in_flight"]
+        want = max(programs) + (keep - 1) * parts["stash"] + parts["accumulator"]
+        assert st.compiled.peak_memory_bytes == pytest.approx(want)
+    assert report.compiled.peak_memory_bytes == max(s.compiled.peak_memory_bytes for s in report.stages)
+
+
+def test_audit_pipelined_mlp_two_stages_two_microbatches() -> None:
+    """mlp_tiny (16 -> 32 -> 32 -> 32 -> 4) in two stages of two layers, two microbatches, 1F1B: stage 0 keeps
+    two microbatches in flight, stage 1 one; each stage's accumulator holds its layers' gradients (replicated
+    f32), the last stage's also the loss."""
+    fn, args = _tiny("mlp_tiny")
+    report = audit(fn, *args, method=PP2, batch_argnums=(1,))
+    assert [s.name for s in report.stages] == ["stage0", "stage1"]
+    s0, s1 = report.stages
+    assert s0.memory_parts["in_flight"] == 2 and s1.memory_parts["in_flight"] == 1
+    assert s0.memory_parts["accumulator"] == 4 * (16 * 32 + 32 + 32 * 32 + 32)
+    assert s1.memory_parts["accumulator"] == 4 * (32 * 32 + 32 + 32 * 4 + 4 + 1)
+    assert set(s0.memory_parts) >= {"s0.forward", "s0.backward", "s0.apply", "stash"}
+    assert s0.memory_parts["stash"] > 0
+    _check_pipelined_report(report)
+    assert report.failures(0.15) == {}, report.ratios()
+    assert set(report.ratios()) >= {"peak_memory_bytes", "stage0/peak_memory_bytes", "stage1/peak_memory_bytes"}
+    d = report.to_dict()
+    assert d["stages"][0]["memory_parts"]["in_flight"] == 2.0
+
+
+@SLOW
+def test_audit_microbatched_single_stage() -> None:
+    """One stage, two microbatches: one microbatch in flight, so the stash adds nothing; the accumulator holds
+    every gradient (32 x 16, 32 x 32 twice, 4 x 32 and the biases, f32) and the loss, at most replicated."""
+    fn, args = _tiny("mlp_tiny")
+    report = audit(fn, *args, method=autopar.PipeshardParallel(num_microbatches=2, stages=1), batch_argnums=(1,))
+    (st,) = report.stages
+    _check_pipelined_report(report)
+    assert st.memory_parts["in_flight"] == 1
+    grads = 4 * (16 * 32 + 32 + 2 * (32 * 32 + 32) + 32 * 4 + 4 + 1)
+    assert grads / 8 <= st.memory_parts["accumulator"] <= grads
+    assert report.failures(0.15) == {}, report.ratios()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@SLOW
+def test_cli_audit_of_a_pipelined_default_plan(tmp_path: Path) -> None:
+    """``autopar audit mlp_tiny`` (method auto on 8 fake CPU devices picks a pipelined plan) runs for real."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    out = tmp_path / "audit.json"
+    r = subprocess.run([sys.executable, "-m", "autopar.cli.main", "audit", "mlp_tiny", "--json", str(out), "--strict",
+                        "--tolerance", "0.15", "--quiet"], capture_output=True, text=True, env=env, cwd=ROOT,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Audit: predicted vs compiled" in r.stdout
+    d = json.loads(out.read_text())
+    assert d["stages"] and all("memory_parts" in s for s in d["stages"])
+    assert all(0.85 <= v <= 1.15 for v in d["ratios"].values()), d["ratios"]
+
+
+PIPELINED = [
+    pytest.param("mlp_tiny", "auto", id="mlp_tiny-auto", marks=SLOW),
+    pytest.param("gpt_tiny", "pp2", id="gpt_tiny-pp2", marks=SLOW),
+]
+
+
+@pytest.mark.parametrize("model, method", PIPELINED)
+def test_acceptance_pipelined_ratios_within_15_percent(model: str, method: str) -> None:
+    fn, args = _tiny(model)
+    report = audit(fn, *args, method=PP2 if method == "pp2" else method, batch_argnums=(1,))
+    assert "stage_layers" in report.plan.method_options
+    _check_pipelined_report(report)
+    assert report.failures(0.15) == {}, report.ratios()
+    assert report.predicted.collective_counts == report.compiled.collective_counts
+
+
+@SLOW
+@pytest.mark.parametrize("method", ["auto", "pp2"])
+def test_wresnet_pipelined_bytes_match_and_memory_is_a_known_underestimate(method: str) -> None:
+    """wresnet_tiny's pipelined plans: collective bytes and counts match XLA exactly. Memory does not: the
+    backward programs' XLA:CPU temporaries (the select-and-scatter of the max-pool gradient expanded into one
+    s32 iota per dimension of the pooled input plus a variadic reduce-window, and relayout copies around the
+    convolutions) are several times what ``autopar.cost_models.memory`` gives those programs (arguments and
+    outputs agree), so the prediction sits at 0.57-0.76 of the compiled peak; the single-program audit of
+    wresnet_tiny at batch 4 shows the same gap. The last assertion fails once the memory model is fixed."""
+    fn, args = _tiny("wresnet_tiny")
+    report = audit(fn, *args, method=PP2 if method == "pp2" else method, batch_argnums=(1,))
+    assert "stage_layers" in report.plan.method_options
+    _check_pipelined_report(report)
+    assert report.predicted.collective_counts == report.compiled.collective_counts
+    bad = report.failures(0.15)
+    assert not [k for k in bad if "comm_bytes" in k], bad
+    assert all("peak_memory_bytes" in k and v < 0.85 for k, v in bad.items()), bad
+    assert bad, "memory now within 15 %: turn this test into an acceptance case"
