@@ -8,7 +8,9 @@ For each case (Alpa's suite on p3.16xlarge nodes, planned for a cluster that is 
 
 * **Auto** — ``PipeshardParallel(num_microbatches=M)`` with the microbatch count of Alpa's published
   p3.16xlarge solution (``perf_test_suite`` / ``perf_test_auto_suite`` in alpa/benchmark/alpa/suite_auto_*.py
-  and suite_wresnet.py), and for GPT-39B once more with ``num_microbatches=None`` (the search picks M);
+  and suite_wresnet.py), and once more with ``num_microbatches=None`` (the search picks M: the grid
+  {1, batch/8, batch}, then halving/doubling from the fastest) — the Auto the ratio is taken against, since
+  the Manual3D grid varies M too;
 * **Manual3D** — every ``Manual3D(dp, tp, pp, num_microbatches=M', remat=r)`` with dp*tp*pp = devices,
   tp in {1, 2, 4, 8}, pp a power of two <= the layer count, M' = min(M, batch // dp) (each data-parallel
   replica needs at least one sample per microbatch); remat "none", and "full" only when "none" does not fit
@@ -56,7 +58,7 @@ CASES: dict[str, Case] = {
 }
 DEFAULT_CASES = ("gpt_39b", "gpt_2_6b", "gpt_6_7b", "gpt_15b", "moe_7_1b", "wresnet_4b")
 QUICK_CASES = ("gpt_39b", "gpt_2_6b")
-SEARCH_ALL_M = ("gpt_39b",)          # cases also planned with num_microbatches=None
+SEARCH_ALL_M = tuple(CASES)           # cases also planned with num_microbatches=None (the search picks M)
 TP_CHOICES = (1, 2, 4, 8)
 
 
