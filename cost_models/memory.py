@@ -16,6 +16,26 @@ The model of temporaries follows what XLA does to a jaxpr before it allocates bu
   alive until the backward pass (``last_uses``);
 - a dot_general whose batch dimensions are not leading reads a transposed copy of that operand;
 - the peak is taken over program order (XLA's scheduler may do better).
+
+Backend expansions (``platform_buffer_rules``, keyed by the platform the plan is for: the cluster's
+``DeviceSpec.kind``; an unknown or empty platform has none): scratch an op needs while it runs because that
+platform's XLA rewrites it into several HLO ops. XLA:CPU has two that matter for convnets:
+- ``select_and_scatter_add`` (the max-pool gradient) goes through ``SelectAndScatterExpander``: the operand is
+  padded to the windows' extent, one s32 iota of that padded shape per dimension is built, a variadic
+  reduce-window returns the window maxima and their s32 coordinates, a scatter adds the source into a zeroed
+  padded buffer, a slice strips the padding (``_select_and_scatter_add_cpu``);
+- a convolution that Eigen cannot run as written (``ConvCanonicalization``: Eigen wants input
+  ``[batch, spatial..., feature]``, kernel ``[spatial..., in, out]``, output ``[batch, spatial..., feature]``)
+  reads transposed copies of its non-canonical operands and writes a canonical result that is transposed into
+  place: the backward convolutions of an NHWC/HWIO model (``_conv_relayout_cpu``).
+GPU and TPU run both ops natively (cuDNN / the TPU convolution unit take any dimension numbers through
+layout assignment; GPU emits select-and-scatter directly), so neither rule is registered for them.
+Both are placed at the op, in program order. Known gap (XLA:CPU, jax 0.10.2): at larger per-device batches
+XLA's scheduler runs the select half and the operand transposes in the forward pass, where their inputs are
+made, and holds the results until the backward op; and its YNNPACK reduction fusions (``__ynn_fusion``) read
+broadcast operands (LayerNorm's scale and rsqrt broadcast to the activation's shape) as materialised buffers.
+Neither is modelled: whether the scheduler hoists depends on the sizes (not at one image per device, yes at
+four), so a wresnet-like program's temporaries are under-predicted at a few images per device.
 """
 
 from __future__ import annotations
@@ -23,6 +43,8 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
 
 from autopar.ir.flops import ELEMENTWISE
 
@@ -167,12 +189,14 @@ def _last_uses(g: "Graph", mat: dict[int, bool]) -> dict[int, int]:
 
 
 def estimate_memory(g: "Graph", tensor_bytes: TensorBytes | None = None,
-                    extra: Sequence[tuple[float, int, int]] = ()) -> MemoryEstimate:
+                    extra: Sequence[tuple[float, int, int]] = (), platform: str = "") -> MemoryEstimate:
     """Liveness-based per-device memory of one call of ``g``.
 
     ``extra``: further temporaries as (bytes, first op, last op) — e.g. the resharded copies a sharding plan
     makes (XLA reshards a value once for all its uses that want the same layout, so the copy lives from the
     first such use to the last).
+    ``platform``: the device kind the program is compiled for ("cpu", "gpu", "tpu"); it selects the backend's
+    expansions in ``platform_buffer_rules`` (none for an empty or unknown platform).
     """
     size: TensorBytes = tensor_bytes or (lambda t: float(t.nbytes))
     args = sum(size(t) for t in g.input_tensors())
@@ -193,8 +217,12 @@ def estimate_memory(g: "Graph", tensor_bytes: TensorBytes | None = None,
     frees: dict[int, list[int]] = {}
     for tid, op_id in last_use.items():
         frees.setdefault(op_id, []).append(tid)
+    backend = platform_buffer_rules.get(platform, {})
+    buffers = list(extra)
+    for op in g.ops:
+        buffers.extend(backend.get(op.primitive, _no_buffers)(g, op, size))
     allocs: dict[int, float] = {}
-    for nbytes, first, last in extra:
+    for nbytes, first, last in buffers:
         allocs[first] = allocs.get(first, 0.0) + nbytes
         allocs[-1 - last] = allocs.get(-1 - last, 0.0) + nbytes  # freed after ``last`` (negative keys)
 
@@ -202,7 +230,7 @@ def estimate_memory(g: "Graph", tensor_bytes: TensorBytes | None = None,
     peak_op = None
     for op in g.ops:
         live += sum(live_from.get(t, 0.0) for t in op.outputs) + allocs.get(op.id, 0.0)
-        scratch = _body_temporaries(op, size) + _relayout_temporaries(g, op, size)
+        scratch = _body_temporaries(op, size, platform) + _relayout_temporaries(g, op, size)
         if live + scratch > peak:
             peak, peak_op = live + scratch, op.id
         for tid in frees.get(op.id, ()):
@@ -226,8 +254,89 @@ def _relayout_temporaries(g: "Graph", op: "Op", size: TensorBytes) -> float:
     return extra
 
 
-def _body_temporaries(op: "Op", size: TensorBytes) -> float:
+def _body_temporaries(op: "Op", size: TensorBytes, platform: str = "") -> float:
     """Scratch a structured op needs while it runs: its body's own temporaries (one iteration)."""
     if not op.subgraphs:
         return 0.0
-    return max(estimate_memory(sub).temp_peak_bytes for sub in op.subgraphs.values())
+    return max(estimate_memory(sub, platform=platform).temp_peak_bytes for sub in op.subgraphs.values())
+
+
+# ---- backend expansions: buffers beyond the op's own output, which the liveness walk already holds ----------
+Buffer = tuple[float, int, int]                       # (bytes per device, first op, last op)
+BufferRule = Callable[["Graph", "Op", TensorBytes], list[Buffer]]
+INDEX_BYTES = 4   # XLA's SelectAndScatterExpander builds its window coordinates as s32
+
+
+def _no_buffers(g: "Graph", op: "Op", size: TensorBytes) -> list[Buffer]:
+    return []
+
+
+def _held_by_walk(g: "Graph", t: "Tensor") -> bool:
+    """Whether the liveness walk already holds a temporary buffer for ``t`` while its producer runs."""
+    return _structure(g)[0][t.id]
+
+
+def _share(t: "Tensor", size: TensorBytes) -> float:
+    """The fraction of ``t`` one device holds (1 unsharded)."""
+    return size(t) / t.nbytes if t.nbytes else 1.0
+
+
+def _select_and_scatter_add_cpu(g: "Graph", op: "Op", size: TensorBytes) -> list[Buffer]:
+    """XLA:CPU's ``SelectAndScatterExpander`` (xla/service/select_and_scatter_expander.cc). With ``P`` the
+    operand padded to the windows' extent, ``S`` the source (one element per window), ``r`` the rank and ``b``
+    the element size: the *select* half builds ``r`` s32 iotas of shape P, the padded operand (only if there
+    is padding) and a variadic reduce-window returning S window maxima and ``r`` s32 coordinates, which are
+    concatenated (``S x r`` s32) and, with the zeroed scatter target of shape P, held until the *scatter* half
+    runs with a copy of the source. The result is sliced out of the target (with no padding the target is the
+    result, the buffer the walk holds). Everything scales with the operand's per-device share."""
+    source, operand = g.tensors[op.inputs[0]], g.tensors[op.inputs[1]]
+    out = g.tensors[op.outputs[0]]
+    pads = op.params.get("padding", ())
+    padded = [d + lo + hi for d, (lo, hi) in zip(operand.shape, pads)] if pads else list(operand.shape)
+    share = _share(operand, size)
+    b, r = operand.dtype.itemsize, len(operand.shape)
+    p = float(np.prod(padded)) * share
+    s = float(source.size) * share
+    has_pad = any(lo or hi for lo, hi in pads)
+    held = s * r * INDEX_BYTES + (p * b if has_pad else 0.0)    # coordinates + the target (else the output)
+    if not has_pad and not _held_by_walk(g, out):
+        held += p * b
+    select = r * INDEX_BYTES * p + (p * b if has_pad else 0.0) + s * b    # iotas, padded operand, maxima
+    return [(held + max(select, s * b), op.id, op.id)]                 # then the source copy
+
+
+def _conv_relayout_cpu(g: "Graph", op: "Op", size: TensorBytes) -> list[Buffer]:
+    """XLA:CPU's ``ConvCanonicalization`` (xla/service/cpu/conv_canonicalization.cc): a convolution that
+    ``PotentiallyImplementedAsEigenConvolution`` rejects for its dimension numbers reads a transposed copy of
+    its input if that is not ``[batch, spatial..., feature]`` and of its kernel if that is not
+    ``[spatial..., in, out]``, and writes a ``[batch, spatial..., feature]`` result that a transpose copies into
+    the real output. The copies are placed at the convolution (see the module note on scheduling). A kernel
+    made by ``rev`` (the input gradient's flipped kernel) is reversed inside that same copy fusion, whose
+    buffer the walk already holds as the ``rev``'s; an f32/f16 forward NHWC x HWIO convolution is canonical
+    and needs nothing."""
+    dn = op.params.get("dimension_numbers")
+    if dn is None or getattr(dn, "lhs_spec", None) is None:
+        return []
+    lhs, rhs = g.tensors[op.inputs[0]], g.tensors[op.inputs[1]]
+    n = len(lhs.shape)
+    spatial = tuple(range(1, n - 1))
+    out: list[Buffer] = []
+    if tuple(dn.lhs_spec) != (0, n - 1, *spatial):
+        out.append((size(lhs), op.id, op.id))
+    kernel_rev = rhs.producer is not None and g.ops[rhs.producer].primitive == "rev"
+    if tuple(dn.rhs_spec) != (n - 1, n - 2, *range(n - 2)) and not kernel_rev:
+        out.append((size(rhs), op.id, op.id))
+    res = g.tensors[op.outputs[0]]
+    if tuple(dn.out_spec) != (0, n - 1, *spatial):
+        # the transposed result is written after the convolution, while the canonical one is live: the walk's
+        # buffer for the output stands for one of them when it holds one (the operand copies are dead by then)
+        copies = sum(b for b, _, _ in out)
+        extra = size(res) if not _held_by_walk(g, res) else max(size(res) - copies, 0.0)
+        out.append((extra, op.id, op.id))
+    return out
+
+
+# platform (DeviceSpec.kind) -> primitive -> buffers its XLA expansion needs; default: none.
+platform_buffer_rules: dict[str, dict[str, BufferRule]] = {
+    "cpu": {"select_and_scatter_add": _select_and_scatter_add_cpu, "conv_general_dilated": _conv_relayout_cpu},
+}

@@ -120,3 +120,65 @@ def test_cheap_values_read_by_several_fusions_are_duplicated_expensive_ones_mate
                if t.producer is not None and t.shape == (128, 128) and len(t.consumers) == 2}
     assert by_prim == {"mul": False, "exp": True}
     assert estimate_memory(g).temp_peak_bytes == 128 * 128 * 4   # the exp buffer, nothing for the multiply
+
+
+# ---- XLA:CPU expansions (``platform_buffer_rules["cpu"]``) ------------------------------------------------
+def _pool(x):
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "SAME")
+
+
+def _pool_grad(x, g):
+    y, vjp = jax.vjp(_pool, x)
+    return y, vjp(g)[0]
+
+
+@pytest.mark.parametrize("shape", [(4, 16, 16, 8), (2, 32, 32, 4)])
+def test_cpu_max_pool_gradient_expansion_matches_closed_form_and_xla(shape):
+    # SelectAndScatterExpander: P = operand padded to the windows (SAME 3x3/2: one more row and column),
+    # S = pooled elements, r = 4. At the reduce-window: 4 s32 iotas of P, the padded operand, the zeroed
+    # scatter target (P), S maxima + 4 x S s32 coordinates (the peak); then the scatter holds the target, the
+    # coordinates and a copy of the source (S), which is less.
+    x = _sds(*shape)
+    g = jax.eval_shape(_pool, x)
+    n, h, w, c = shape
+    p = n * (h + 1) * (w + 1) * c
+    s = n * (h // 2) * (w // 2) * c
+    closed = 4 * 4 * p + 4 * p + 4 * p + 4 * s + 4 * 4 * s
+    graph = autopar.trace(_pool_grad, x, g)
+    assert estimate_memory(graph).temp_peak_bytes == 0            # no backend: outputs only
+    assert estimate_memory(graph, platform="cpu").temp_peak_bytes == closed
+    xla = jax.jit(_pool_grad).lower(x, g).compile().memory_analysis().temp_size_in_bytes
+    assert 0.99 <= closed / xla <= 1.01, (closed, xla)
+
+
+def _conv(stride, k):
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(x, w, (stride, stride), [(k // 2, k // 2)] * 2,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return conv
+
+
+@pytest.mark.parametrize("shape, cout, k, stride", [((4, 16, 16, 8), 16, 3, 1), ((8, 16, 16, 8), 16, 3, 1),
+                                                     ((4, 16, 16, 8), 16, 3, 2), ((4, 32, 32, 3), 8, 7, 2)])
+def test_cpu_conv_gradient_relayout_copies_match_closed_form_and_xla(shape, cout, k, stride):
+    # ConvCanonicalization: the forward NHWC x HWIO conv is canonical (no temporaries); the weight gradient
+    # conv(x as [c, h, w, n], dy as [h, w, n, cout]) reads transposed copies of x and dy and writes a
+    # canonical kernel-shaped result transposed into the output; the input gradient's kernel copy is the
+    # ``rev``'s own buffer. Peak: the copies of x and dy plus that canonical result.
+    conv = _conv(stride, k)
+    x, w = _sds(*shape), _sds(k, k, shape[-1], cout)
+    y = jax.eval_shape(conv, x, w)
+
+    def step(x, w, g):
+        out, vjp = jax.vjp(conv, x, w)
+        return out, vjp(g)
+
+    fwd = autopar.trace(conv, x, w)
+    assert estimate_memory(fwd, platform="cpu").temp_peak_bytes == 0
+    assert jax.jit(conv).lower(x, w).compile().memory_analysis().temp_size_in_bytes == 0
+    closed = x.size * 4 + np.prod(y.shape) * 4 + k * k * shape[-1] * cout * 4
+    bwd = autopar.trace(step, x, w, y)
+    assert estimate_memory(bwd, platform="cpu").temp_peak_bytes == closed
+    assert estimate_memory(bwd, platform="gpu").temp_peak_bytes == estimate_memory(bwd).temp_peak_bytes
+    xla = jax.jit(step).lower(x, w, y).compile().memory_analysis().temp_size_in_bytes
+    assert 0.95 <= closed / xla <= 1.05, (closed, xla)

@@ -104,7 +104,7 @@ def estimate_plan(ip: "IntraOpProblem", choices: Sequence[int], device: Any) -> 
         spec = specs.get(t.id)
         return float(t.nbytes) if spec is None else float(spec.bytes_per_device(t.shape, t.dtype, mesh))
 
-    mem = estimate_memory(ip.graph, tensor_bytes, reshard_buffers(ip, choices))
+    mem = estimate_memory(ip.graph, tensor_bytes, reshard_buffers(ip, choices), platform=device.kind)
     flops = ip.graph.flops()
     step = compute + comm
     peak = _peak_flops(ip, device) * mesh.num_devices
