@@ -281,7 +281,8 @@ UNIFORM_CANDIDATES = 2
 UNIFORM_MARGIN = 0.06
 # Summed layer peaks over-count a stage's memory (each layer's peak holds its own transient temporaries):
 # MoE-380M on one V100 at 256 microbatches sums to more than 16 GB but plans exactly within it. Candidates
-# are ranked against this much more than the limit; their exact plans are checked against the limit itself.
+# that fit by the layer costs come first, then those within this much more than the limit; every exact plan
+# is checked against the limit itself.
 UNIFORM_MEMORY_SLACK = 1.5
 
 
@@ -394,8 +395,12 @@ class _LayoutSearch:
         ``UNIFORM_MARGIN``; no bound when the DP's layout did not fit). Layouts planned already are passed
         over. The margin covers the layer costs' error: within 1 % of the exact plan for 1-D stages, up to 5 %
         high for 2-D ones (GPT-2.6B on a (2, 4) stage: 293.2 s estimated, 278.7 s exact)."""
-        ranked = uniform_ranking(self.costs, self.variants, flops, self.cluster.num_devices, self.m,
-                                 self.method.schedule, self.limit * UNIFORM_MEMORY_SLACK, self.remat_choices())
+        def ranking(limit: float) -> list[tuple[float, int, bool]]:
+            return uniform_ranking(self.costs, self.variants, flops, self.cluster.num_devices, self.m,
+                                   self.method.schedule, limit, self.remat_choices())
+
+        fits = ranking(self.limit)         # those that fit by the layer costs first, then those within the slack
+        ranked = fits + [r for r in ranking(self.limit * UNIFORM_MEMORY_SLACK) if r not in fits]
         out: list[StagedResult | None] = []
         log = self.entry.setdefault("uniform", [])
         for est, o, remat in ranked:
