@@ -27,15 +27,21 @@ platform's XLA rewrites it into several HLO ops. XLA:CPU has two that matter for
 - a convolution that Eigen cannot run as written (``ConvCanonicalization``: Eigen wants input
   ``[batch, spatial..., feature]``, kernel ``[spatial..., in, out]``, output ``[batch, spatial..., feature]``)
   reads transposed copies of its non-canonical operands and writes a canonical result that is transposed into
-  place: the backward convolutions of an NHWC/HWIO model (``_conv_relayout_cpu``).
-GPU and TPU run both ops natively (cuDNN / the TPU convolution unit take any dimension numbers through
+  place: the backward convolutions of an NHWC/HWIO model (``_conv_relayout_cpu``);
+- a reduction (``YNN_REDUCTIONS``) becomes a YNNPACK fusion (``__ynn_fusion``) that absorbs the elementwise ops
+  and broadcasts feeding it but never duplicates one that another op also reads: that shared fused value
+  (LayerNorm's ``x - mean``, normalised value, scaled output gradient) gets a buffer from its producer to the
+  last reduction reading it (``_reduction_shared_input_cpu``; exact on a LayerNorm forward + gradient).
+GPU and TPU run the first two ops natively (cuDNN / the TPU convolution unit take any dimension numbers through
 layout assignment; GPU emits select-and-scatter directly), so neither rule is registered for them.
-Both are placed at the op, in program order. Known gap (XLA:CPU, jax 0.10.2): at larger per-device batches
-XLA's scheduler runs the select half and the operand transposes in the forward pass, where their inputs are
-made, and holds the results until the backward op; and its YNNPACK reduction fusions (``__ynn_fusion``) read
-broadcast operands (LayerNorm's scale and rsqrt broadcast to the activation's shape) as materialised buffers.
-Neither is modelled: whether the scheduler hoists depends on the sizes (not at one image per device, yes at
-four), so a wresnet-like program's temporaries are under-predicted at a few images per device.
+The expansions are placed at the op, in program order. Known gaps (XLA:CPU, jax 0.10.2): at larger per-device
+batches XLA's scheduler runs the select half and the operand transposes in the forward pass, where their inputs
+are made, and holds the results until the backward op (not modelled: whether it hoists depends on the sizes —
+not at one image per device, yes at four); XLA's algebraic simplifier reassociates flax's LayerNorm
+``(x - mean) * (rsqrt * scale)`` so that ``broadcast(rsqrt)`` is one activation-sized value shared by two
+reductions, which the graph (where rsqrt is small) cannot show (one activation under per flax LayerNorm); XLA
+CSEs repeated jaxpr subexpressions that this model counts twice. Measured on wresnet_tiny with four images per
+device the prediction stays at ~0.67 of XLA's peak; the YNN rule closes only ~0.02 of it.
 """
 
 from __future__ import annotations
@@ -336,7 +342,64 @@ def _conv_relayout_cpu(g: "Graph", op: "Op", size: TensorBytes) -> list[Buffer]:
     return out
 
 
+_SHARED_READS: "weakref.WeakKeyDictionary[Graph, dict[int, list[tuple[int, int]]]]" = weakref.WeakKeyDictionary()
+
+
+def _reduction_cut(g: "Graph", op: "Op", mat: dict[int, bool]) -> set[int]:
+    """The fused values a reduction reads that XLA:CPU's reduction fusion takes as buffers: walking back from
+    the reduction through the values fused into it, the first one that some other op also reads."""
+    cut: set[int] = set()
+    seen: set[int] = set()
+    stack = list(op.inputs)
+    while stack:
+        tid = stack.pop()
+        if tid in seen:
+            continue
+        seen.add(tid)
+        t = g.tensors[tid]
+        if t.producer is None or t.is_output or mat[tid] or g.ops[t.producer].primitive not in FUSIBLE:
+            continue                                   # an input or a buffer of its own already
+        if len(set(t.consumers)) > 1:
+            cut.add(tid)
+        else:
+            stack.extend(g.ops[t.producer].inputs)     # type: ignore[index]
+    return cut
+
+
+def _shared_reductions(g: "Graph") -> dict[int, list[tuple[int, int]]]:
+    """first reduction reading a shared fused value -> [(that value, the last reduction reading it)]."""
+    hit = _SHARED_READS.get(g)
+    if hit is None:
+        mat = _structure(g)[0]
+        readers: dict[int, list[int]] = {}
+        for op in g.ops:
+            if op.primitive in YNN_REDUCTIONS:
+                for tid in _reduction_cut(g, op, mat):
+                    readers.setdefault(tid, []).append(op.id)
+        hit = {}
+        for tid, ops in readers.items():
+            hit.setdefault(min(ops), []).append((tid, max(ops)))
+        _SHARED_READS[g] = hit
+    return hit
+
+
+def _reduction_shared_input_cpu(g: "Graph", op: "Op", size: TensorBytes) -> list[Buffer]:
+    """XLA:CPU wraps a reduction and the elementwise ops (broadcasts included) feeding it in a YNNPACK fusion
+    (``__ynn_fusion``), but never duplicates a fused value into it that another op also reads: such a value is
+    computed once by a loop fusion into a buffer of its own, which lives from its producer to the last
+    reduction that reads it (loop-fusion readers still recompute it from its sources). LayerNorm / BatchNorm
+    make several per norm: ``x - mean`` (read by the variance and by the normalised value), the normalised
+    value, the output gradient times the scale, ... — and the backward reductions read some of them, so they
+    live from the forward pass. The buffer is charged once, at the first reduction that reads the value."""
+    return [(size(g.tensors[tid]), g.tensors[tid].producer or 0, last)
+            for tid, last in _shared_reductions(g).get(op.id, ())]
+
+
+# Reductions XLA:CPU (jax 0.10.2) emits as ``__ynn_fusion`` custom fusions (checked: sum, max).
+YNN_REDUCTIONS = frozenset({"reduce_sum", "reduce_max", "reduce_min"})
+
 # platform (DeviceSpec.kind) -> primitive -> buffers its XLA expansion needs; default: none.
 platform_buffer_rules: dict[str, dict[str, BufferRule]] = {
-    "cpu": {"select_and_scatter_add": _select_and_scatter_add_cpu, "conv_general_dilated": _conv_relayout_cpu},
+    "cpu": {"select_and_scatter_add": _select_and_scatter_add_cpu, "conv_general_dilated": _conv_relayout_cpu,
+            **{name: _reduction_shared_input_cpu for name in sorted(YNN_REDUCTIONS)}},
 }

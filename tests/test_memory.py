@@ -182,3 +182,47 @@ def test_cpu_conv_gradient_relayout_copies_match_closed_form_and_xla(shape, cout
     assert estimate_memory(bwd, platform="gpu").temp_peak_bytes == estimate_memory(bwd).temp_peak_bytes
     xla = jax.jit(step).lower(x, w, y).compile().memory_analysis().temp_size_in_bytes
     assert 0.95 <= closed / xla <= 1.05, (closed, xla)
+
+
+def _layer_norm(x, s, b):
+    d = x - jnp.mean(x, -1, keepdims=True)
+    return d * jax.lax.rsqrt(jnp.mean(jnp.square(d), -1, keepdims=True) + 1e-5) * s + b
+
+
+@pytest.mark.parametrize("shape", [(4, 16, 16, 8), (2, 32, 32, 16)])
+def test_cpu_reduction_fusions_take_shared_fused_values_as_buffers(shape):
+    # XLA:CPU's YNNPACK reduction fusions do not duplicate a fused value that another op also reads: LayerNorm's
+    # forward + scale/bias gradients leave two activation-sized buffers live together: the normalised value
+    # (read by the loss reduction and by the scale gradient) and the output gradient g / N (read by the bias
+    # gradient and by the scale gradient); x - mean (read by the variance and the normalised value) is freed
+    # before. Besides them: the per-row mean and variance sums and the scale gradient.
+    def step(x, s, b, g):
+        return jax.value_and_grad(lambda s, b: jnp.mean(_layer_norm(x, s, b) * g), argnums=(0, 1))(s, b)
+
+    x, s = _sds(*shape), _sds(shape[-1])
+    act, rows, c = np.prod(shape) * 4, np.prod(shape[:-1]) * 4, shape[-1] * 4
+    graph = autopar.trace(step, x, s, s, x)
+    assert estimate_memory(graph).temp_peak_bytes < act             # no backend: everything fused
+    closed = 2 * act + 2 * rows + c
+    assert estimate_memory(graph, platform="cpu").temp_peak_bytes == closed
+    xla = jax.jit(step).lower(x, s, s, x).compile().memory_analysis().temp_size_in_bytes
+    assert 0.99 <= closed / xla <= 1.01, (closed, xla)
+
+
+def test_cpu_shared_reduction_input_needs_two_readers():
+    # one reduction and one elementwise reader of x * v: a buffer; two elementwise readers: none (XLA checked:
+    # a loop fusion duplicates its cheap producer).
+    def shared(x, v):
+        xv = x * v
+        return jnp.max(xv, -1), jnp.tanh(xv)
+
+    def unshared(x, v):
+        xv = x * v
+        return jnp.tanh(xv), jnp.exp(xv)
+
+    x, v = _sds(2, 32, 32, 16), _sds(16)
+    act = 2 * 32 * 32 * 16 * 4
+    assert estimate_memory(autopar.trace(shared, x, v), platform="cpu").temp_peak_bytes == act
+    assert estimate_memory(autopar.trace(unshared, x, v), platform="cpu").temp_peak_bytes == 0
+    for f, want in ((shared, act), (unshared, 0)):
+        assert jax.jit(f).lower(x, v).compile().memory_analysis().temp_size_in_bytes == want
