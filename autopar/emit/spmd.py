@@ -23,10 +23,9 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 from jax.sharding import NamedSharding
 
-from autopar import _jax_compat as jc
 from autopar.ir.evaluate import evaluate_graph
 from autopar.emit.reshard_path import reshard_layouts
-from autopar.ir.graph import Graph, Role
+from autopar.ir.graph import Graph
 from autopar.sharding.mesh import LogicalMesh
 from autopar.sharding.spec import ShardingSpec
 
@@ -58,35 +57,15 @@ def interpret(graph: Graph, constrain: Mapping[int, NamedSharding],
         sharding = constrain.get(tid)
         return value if sharding is None else jax.lax.with_sharding_constraint(value, sharding)
 
-    if not operands:
-        def run(*flat: Any) -> tuple[Any, ...]:
-            return tuple(evaluate_graph(graph, flat, pin))
-        return run
+    def through(op_id: int, k: int, value: Any) -> Any:
+        for sharding in operands.get((op_id, k), ()):   # type: ignore[union-attr]
+            value = jax.lax.with_sharding_constraint(value, sharding)
+        return value
 
-    def run_pinned(*flat: Any) -> tuple[Any, ...]:
-        if len(flat) != len(graph.inputs):
-            raise TypeError(f"graph takes {len(graph.inputs)} flat inputs, got {len(flat)}")
-        env: list[Any] = [None] * len(graph.tensors)
-        for tid, value in zip(graph.inputs, flat):
-            env[tid] = value
-        for t in graph.tensors:
-            if t.role is Role.CONSTANT:
-                env[t.id] = t.value
-        for op in graph.ops:
-            if op.prim is None:
-                raise ValueError(f"{op} has no primitive to evaluate (was the graph built by autopar.trace?)")
-            ins = []
-            for k, tid in enumerate(op.inputs):
-                value = env[tid]
-                if graph.tensors[tid].role is not Role.CONSTANT:
-                    for sharding in operands.get((op.id, k), ()):
-                        value = jax.lax.with_sharding_constraint(value, sharding)
-                ins.append(value)
-            for tid, value in zip(op.outputs, jc.bind(op.prim, ins, dict(op.params))):
-                env[tid] = pin(tid, value)
-        return tuple(env[t] for t in graph.outputs)
+    def run(*flat: Any) -> tuple[Any, ...]:
+        return tuple(evaluate_graph(graph, flat, pin, through if operands else None))
 
-    return run_pinned
+    return run
 
 
 def emit_spmd(graph: Graph, specs: Mapping[int, ShardingSpec], fixed: Sequence[int],
