@@ -323,19 +323,22 @@ class _LayoutSearch:
     def planned(self, stages: list[int] | int, opts: list[MeshOption], remat: list[bool]) -> bool:
         return self._key(stages, opts, remat) in self.tried
 
-    def plan(self, stages: list[int] | int, opts: list[MeshOption], remat: list[bool]) -> StagedResult | None:
-        """One layout planned exactly (None when it does not fit, or was planned already)."""
+    def exact(self, stages: list[int] | int, opts: list[MeshOption], remat: list[bool]) -> StagedResult:
+        """One layout planned exactly (``plan_stages``); raises InfeasibleMemoryError when it does not fit."""
         from autopar.planner.pipelined import plan_fixed
 
-        key = self._key(stages, opts, remat)
-        if key in self.tried:
+        self.tried.add(self._key(stages, opts, remat))
+        return plan_fixed(self.graph, self.cluster, self.method.layers, stages, [o.devices for o in opts],
+                          [o.mesh for o in opts], remat, self.m, self.method.schedule, self.memory_budget,
+                          self.solver, self.time_limit_s, self.method,
+                          batch_on_first_axis=tuple(o.batch_first for o in opts))
+
+    def plan(self, stages: list[int] | int, opts: list[MeshOption], remat: list[bool]) -> StagedResult | None:
+        """``exact``, or None when it does not fit or was planned already."""
+        if self.planned(stages, opts, remat):
             return None
-        self.tried.add(key)
         try:
-            return plan_fixed(self.graph, self.cluster, self.method.layers, stages, [o.devices for o in opts],
-                              [o.mesh for o in opts], remat, self.m, self.method.schedule, self.memory_budget,
-                              self.solver, self.time_limit_s, self.method,
-                              batch_on_first_axis=tuple(o.batch_first for o in opts))
+            return self.exact(stages, opts, remat)
         except InfeasibleMemoryError as e:
             self.entry.setdefault("errors", []).append(str(e)[:200])
             return None
@@ -355,8 +358,6 @@ class _LayoutSearch:
         the limit, the DP runs again with its limit lowered by the overshoot (a few rounds). Then the same
         stages with flops-balanced layer ranges, when they use equal sub-meshes (the DP adds per-layer costs,
         which the exact stage plans do not always follow)."""
-        from autopar.planner.pipelined import plan_fixed
-
         dp_limit = self.limit
         for _ in range(DP_MEMORY_ROUNDS):
             self.entry["rounds"] += 1
@@ -369,10 +370,7 @@ class _LayoutSearch:
             opts = [self.variants[o] for _, _, o, _ in layout]
             remat = [r for *_, r in layout]
             try:
-                res = plan_fixed(self.graph, self.cluster, self.method.layers, [j - k for k, j, _, _ in layout],
-                                 [o.devices for o in opts], [o.mesh for o in opts], remat, self.m,
-                                 self.method.schedule, self.memory_budget, self.solver, self.time_limit_s, self.method,
-                                 batch_on_first_axis=tuple(o.batch_first for o in opts))
+                res = self.exact([j - k for k, j, _, _ in layout], opts, remat)
             except InfeasibleMemoryError as e:
                 self.entry["error"] = str(e)
                 need = e.min_budget_bytes if math.isfinite(e.min_budget_bytes) and e.min_budget_bytes > 0 \
