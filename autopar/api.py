@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -86,8 +87,32 @@ def _plan_abstract(tracer: "_Tracer", cluster: ClusterSpec, method: Method, memo
                          time_limit_s=time_limit_s).plan
 
 
+# Graphs traced by ``plan`` / ``parallelize``, shared across calls: planning the same step with several
+# methods (what-if questions, a benchmark grid) traces each microbatch size once. Keyed like jax.jit's own
+# cache: the function object, the abstract signature, the argnums and the microbatch count; bounded LRU.
+_TRACE_CACHE: "OrderedDict[Any, Graph]" = OrderedDict()
+_TRACE_CACHE_SIZE = 8
+_TRACE_CACHE_LOCK = threading.Lock()
+
+
+def _cached_trace(key: Any, make: Callable[[], Graph]) -> Graph:
+    """``make()``, memoised under ``key`` (``None``: an unhashable signature, never cached)."""
+    if key is None:
+        return make()
+    with _TRACE_CACHE_LOCK:
+        if key in _TRACE_CACHE:
+            _TRACE_CACHE.move_to_end(key)
+            return _TRACE_CACHE[key]
+    graph = make()
+    with _TRACE_CACHE_LOCK:
+        _TRACE_CACHE[key] = graph
+        while len(_TRACE_CACHE) > _TRACE_CACHE_SIZE:
+            _TRACE_CACHE.popitem(last=False)
+    return graph
+
+
 class _Tracer:
-    """Traces the step at the microbatch size of m microbatches (cached per m)."""
+    """Traces the step at the microbatch size of m microbatches (cached per m, and across calls)."""
 
     def __init__(self, fn: Callable[..., Any], abstract: Sequence[Any], static_argnums: Any, batch_argnums: Any,
                  donate_argnums: Any) -> None:
@@ -120,9 +145,21 @@ class _Tracer:
                 for i in self._batch_positions():
                     args[i] = jax.tree.map(lambda x: jax.ShapeDtypeStruct((x.shape[0] // m, *x.shape[1:]), x.dtype),
                                            args[i])
-            self._graphs[m] = trace(self.fn, *args, static_argnums=self.static_argnums,
-                                    batch_argnums=self.batch_argnums, donate_argnums=self.donate_argnums)
+            self._graphs[m] = _cached_trace(self._cache_key(m), lambda: trace(
+                self.fn, *args, static_argnums=self.static_argnums, batch_argnums=self.batch_argnums,
+                donate_argnums=self.donate_argnums))
         return self._graphs[m]
+
+    def _cache_key(self, m: int) -> Any:
+        static = _normalize_argnums(self.static_argnums, len(self.abstract), "static_argnums")
+        key = (self.fn, _signature(self.abstract, static), static, self._batch_positions(),
+               _normalize_argnums(self.donate_argnums, len(self.abstract), "donate_argnums"), m,
+               bool(jax.config.jax_enable_x64))
+        try:
+            hash(key)
+        except TypeError:
+            return None
+        return key
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,10 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 # Exceptions whose message means "this method cannot be planned here" rather than a planner bug.
+T = TypeVar("T")
 _UNAVAILABLE_MARKERS = ("not available", "not implemented", "not supported", "needs the pipeline planner")
 
 
@@ -86,6 +87,16 @@ def evaluate(fn: Callable[..., Any], args: tuple[Any, ...], cluster: Any, method
                    mesh_shape=tuple(plan.mesh_shape), num_stages=len(plan.stages))
 
 
+def outcome_text(o: Outcome) -> str:
+    """One line: the predicted step time, memory and search time, or why there is no plan."""
+    if o.ok:
+        return (f"{o.step_time_s:.4g} s, peak {(o.peak_memory_bytes or 0) / 2**30:.2f} GiB, "
+                f"search {o.search_time_s or 0:.1f} s")
+    if o.status == "does not fit" and o.min_memory_bytes:
+        return f"does not fit (needs {o.min_memory_bytes / 2**30:.1f} GiB)"
+    return o.status
+
+
 # ---- Manual3D grid (Megatron's recipe) -----------------------------------------------------------------
 def _pow2_divisors(n: int, cap: int) -> list[int]:
     return [d for d in (2 ** i for i in range(0, 12)) if d <= cap and n % d == 0]
@@ -118,28 +129,39 @@ def manual3d_grid(num_devices: int, devices_per_node: int, batch_size: int | Non
             for dp, tp, pp, m in shapes for remat in ("none", "full")][:max_configs]
 
 
-def best_manual3d(fn: Callable[..., Any], args: tuple[Any, ...], cluster: Any,
-                  batch_size: int | None, max_configs: int | None = None, donate: tuple[int, ...] = ()) -> Outcome:
-    """The fastest Manual3D of the grid; ``unavailable`` as soon as the planner says Manual3D is. Pruned
-    without loss: a shape is planned with remat "full" only when it does not fit without (recomputation
-    never makes a plan faster), and once a (dp, tp, pp) does not fit even rematerialized at some micro-batch
-    size, its larger micro-batch sizes (more activation memory, the same state) are skipped."""
-    best: Outcome | None = None
-    no_fit: Outcome | None = None
-    errors = []
+def prune_manual3d(grid: list[Any], plan_one: Callable[[Any], T], status: Callable[[T], str]) -> Iterator[tuple[Any, T]]:
+    """Plan the grid's configurations in order with ``plan_one``, yielding ``(method, result)``; pruned without
+    loss: a shape is planned with remat "full" only when it does not fit without (recomputation never makes a
+    plan faster), and once a (dp, tp, pp) does not fit even rematerialized at some micro-batch size, its
+    larger micro-batch sizes (more activation memory, the same state) are skipped."""
     fitted: set[tuple[int, int, int, int | None]] = set()
     hopeless: set[tuple[int, int, int]] = set()
-    for method in manual3d_grid(cluster.num_devices, cluster.devices_per_node, batch_size, max_configs):
+    for method in grid:
         shape = (method.dp, method.tp, method.pp, method.num_microbatches)
         if (method.remat != "none" and shape in fitted) or shape[:3] in hopeless:
             continue
-        o = evaluate(fn, args, cluster, method, donate=donate)
-        if method.remat != "none" and o.status == "does not fit":
+        result = plan_one(method)
+        if method.remat != "none" and status(result) == "does not fit":
             hopeless.add(shape[:3])
+        if status(result) == "ok":
+            fitted.add(shape)
+        yield method, result
+
+
+def best_manual3d(fn: Callable[..., Any], args: tuple[Any, ...], cluster: Any,
+                  batch_size: int | None, max_configs: int | None = None, donate: tuple[int, ...] = (),
+                  log: Callable[[str], None] = lambda m: None) -> Outcome:
+    """The fastest Manual3D of the grid (``prune_manual3d``; ``log`` gets one line per configuration planned);
+    ``unavailable`` as soon as the planner says Manual3D is."""
+    best: Outcome | None = None
+    no_fit: Outcome | None = None
+    errors = []
+    grid = manual3d_grid(cluster.num_devices, cluster.devices_per_node, batch_size, max_configs)
+    for _method, o in prune_manual3d(grid, lambda m: evaluate(fn, args, cluster, m, donate=donate),
+                                     lambda o: o.status):
+        log(f"    {o.label}: {outcome_text(o)}")
         if o.status.startswith("unavailable") and best is None and no_fit is None:
             return dataclasses.replace(o, label="Manual3D grid")
-        if o.ok:
-            fitted.add(shape)
         if o.ok and (best is None or (o.step_time_s or math.inf) < (best.step_time_s or math.inf)):
             best = o
         elif o.status == "does not fit" and (no_fit is None or (o.min_memory_bytes or math.inf)
@@ -198,9 +220,10 @@ def alpa_method(key: str) -> tuple[Any, list[str]]:
 
 
 def run_baselines(kinds: tuple[str, ...], fn: Callable[..., Any], args: tuple[Any, ...], cluster: Any,
-                  batch_size: int | None, alpa: str | None = None,
-                  donate: tuple[int, ...] = ()) -> dict[str, Outcome]:
-    """Evaluate each requested baseline kind (``alpa`` only when the case names a published plan)."""
+                  batch_size: int | None, alpa: str | None = None, donate: tuple[int, ...] = (),
+                  log: Callable[[str], None] = lambda m: None) -> dict[str, Outcome]:
+    """Evaluate each requested baseline kind (``alpa`` only when the case names a published plan); ``log``
+    gets a line per result."""
     import autopar
 
     out: dict[str, Outcome] = {}
@@ -210,7 +233,7 @@ def run_baselines(kinds: tuple[str, ...], fn: Callable[..., Any], args: tuple[An
         elif kind == "zero3":
             out[kind] = evaluate(fn, args, cluster, autopar.ZeroParallel(stage=3), "ZeRO-3", donate)
         elif kind == "manual3d":
-            out[kind] = best_manual3d(fn, args, cluster, batch_size, donate=donate)
+            out[kind] = best_manual3d(fn, args, cluster, batch_size, donate=donate, log=log)
         elif kind == "alpa" and alpa is not None:
             plan = ALPA_PLANS.get(alpa)
             if plan is None:
@@ -226,4 +249,6 @@ def run_baselines(kinds: tuple[str, ...], fn: Callable[..., Any], args: tuple[An
                 continue
             label = f"Alpa {alpa}" + (f" (without {', '.join(dropped)})" if dropped else "")
             out[kind] = evaluate(fn, args, cluster, method, label, donate)
+        if kind in out:
+            log(f"  {kind}: {out[kind].label}: {outcome_text(out[kind])}")
     return out

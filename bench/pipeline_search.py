@@ -11,10 +11,11 @@ For each case (Alpa's suite on p3.16xlarge nodes, planned for a cluster that is 
   and suite_wresnet.py), and once more with ``num_microbatches=None`` (the search picks M: the grid
   {1, batch/8, batch}, then halving/doubling from the fastest) — the Auto the ratio is taken against, since
   the Manual3D grid varies M too;
-* **Manual3D** — every ``Manual3D(dp, tp, pp, num_microbatches=M', remat=r)`` with dp*tp*pp = devices,
-  tp in {1, 2, 4, 8}, pp a power of two <= the layer count, M' = min(M, batch // dp) (each data-parallel
-  replica needs at least one sample per microbatch); remat "none", and "full" only when "none" does not fit
-  (``--full-grid``: always both).
+* **Manual3D** — Megatron's grid, ``bench.baselines.manual3d_grid`` (the same as ``autopar bench``'s
+  baseline): dp*tp*pp = devices, tp in {1, 2, 4, 8} inside a node, pp a power of two <= the layer count,
+  microbatches from the micro-batch sizes 16, 4 and 1 samples per data-parallel replica (plus none when
+  pp = 1); remat "none", and "full" only when "none" does not fit (``--full-grid``: always both), pruned as
+  ``bench.baselines.prune_manual3d`` says.
 
 Everything goes through ``autopar.plan`` and the same cost model. Printed per case: the search time and the
 wall time of each plan (the wall time includes tracing), the predicted step time, the layout, the best Manual3D
@@ -26,6 +27,7 @@ run cut short keeps what it finished). Refuses unknown case names (ValueError li
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -76,25 +78,6 @@ def model_layers(model: str) -> int:
     raise ValueError(f"model {model!r}: no layer count known for it")
 
 
-def manual_grid(devices: int, layers: int, batch: int, microbatches: int,
-                tps: tuple[int, ...] = TP_CHOICES) -> list[tuple[int, int, int, int]]:
-    """(dp, tp, pp, M) with dp*tp*pp = devices, tp in ``tps``, pp a power of two <= layers."""
-    out = []
-    for tp in tps:
-        if devices % tp:
-            continue
-        pp = 1
-        while pp <= min(layers, devices // tp):
-            if (devices // tp) % pp == 0:
-                dp = devices // (tp * pp)
-                m = max(1, min(microbatches, batch // dp))
-                while batch % m:
-                    m -= 1
-                out.append((dp, tp, pp, m))
-            pp *= 2
-    return out
-
-
 def layout_of(plan: Any) -> str:
     """'6x[8 L x 8 dev (8,)] ...' : consecutive identical stages grouped."""
     ranges = plan.method_options.get("stage_layers") or [[0, 0]] * len(plan.stages)
@@ -114,13 +97,21 @@ def layout_of(plan: Any) -> str:
     return " ".join(f"{n}x[{it}]" if n > 1 else f"[{it}]" for it, n in groups)
 
 
+@functools.lru_cache(maxsize=2)
+def _built(model: str, batch: int) -> tuple[Any, tuple[Any, ...]]:
+    """The abstract train step, built once per case: one function object, so ``autopar.plan`` reuses its
+    traces across the grid (one trace per microbatch size)."""
+    from bench.models import MODELS
+
+    return MODELS[model](batch_size=batch, abstract=True)
+
+
 def plan_one(model: str, batch: int, nodes: int, method: Any, time_limit_s: float | None) -> dict[str, Any]:
     """Plan one method; a record with status ok / does not fit / error."""
     import autopar
     from autopar.planner.problem import InfeasibleMemoryError
-    from bench.models import MODELS
 
-    step, args = MODELS[model](batch_size=batch, abstract=True)
+    step, args = _built(model, batch)
     cluster = autopar.ClusterSpec.preset("p3.16xlarge", nodes=nodes)
     t0 = time.perf_counter()
     try:
@@ -158,6 +149,8 @@ def run_case(name: str, full_grid: bool, time_limit_s: float | None, microbatche
     import autopar
     from dataclasses import replace
 
+    from bench.baselines import manual3d_grid, prune_manual3d
+
     case = CASES[name]
     if microbatches is not None:
         case = replace(case, microbatches=microbatches, source=f"--microbatches {microbatches}")
@@ -181,15 +174,16 @@ def run_case(name: str, full_grid: bool, time_limit_s: float | None, microbatche
             print(f"    layout {free['layout']}", flush=True)
         rec["auto_free_m"] = free
     manual = []
-    for dp, tp, pp, m in manual_grid(devices, model_layers(case.model), case.batch, case.microbatches, tps):
-        for remat in ("none", "full"):
-            r = plan_one(case.model, case.batch, case.nodes, autopar.Manual3D(dp, tp, pp, num_microbatches=m,
-                                                                              remat=remat), time_limit_s)
-            r.update({"dp": dp, "tp": tp, "pp": pp, "M": m, "remat_option": remat})
-            manual.append(r)
-            print(f"  Manual3D dp={dp} tp={tp} pp={pp} M={m} remat={remat}: {_fmt(r)}", flush=True)
-            if r["status"] == "ok" and not full_grid:
-                break                                     # "full" only when "none" does not fit
+    grid = [m for m in manual3d_grid(devices, 8, case.batch) if m.tp in tps and m.pp <= model_layers(case.model)]
+    grid.sort(key=lambda m: tps.index(m.tp))            # stable: --tp picks the order of the tensor degrees
+    plan = lambda method: plan_one(case.model, case.batch, case.nodes, method, time_limit_s)  # noqa: E731
+    results = (((m, plan(m)) for m in grid) if full_grid else prune_manual3d(grid, plan, lambda r: r["status"]))
+    for method, r in results:
+        r.update({"dp": method.dp, "tp": method.tp, "pp": method.pp, "M": method.num_microbatches,
+                  "remat_option": method.remat})
+        manual.append(r)
+        print(f"  Manual3D dp={method.dp} tp={method.tp} pp={method.pp} M={method.num_microbatches} "
+              f"remat={method.remat}: {_fmt(r)}", flush=True)
     rec["manual"] = manual
     fits = [r for r in manual if r["status"] == "ok"]
     best = min(fits, key=lambda r: r["step_time_s"]) if fits else None

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from bench.baselines import Outcome, evaluate, run_baselines
+from bench.baselines import Outcome, evaluate, outcome_text, run_baselines
 from bench.suite import Case, Suite, cluster_for, method_from_spec, method_label
 
 BASELINE_SCHEMA = 1
@@ -73,10 +73,11 @@ def run_case(case: Case, *, baselines: bool = True, log: Callable[[str], None] =
     log(f"{case.name}: {method_label(case.method)} on {case.describe_cluster()} ({cluster.num_devices} devices)")
     main = evaluate(fn, args, cluster, method_from_spec(case.method), method_label(case.method),
                     donate=case.donate_argnums)
+    log(f"  {main.label}: {outcome_text(main)}")
     others: dict[str, Outcome] = {}
     if baselines:
         others = run_baselines(case.baselines, fn, args, cluster, batch_size_of(args), case.alpa,
-                               donate=case.donate_argnums)
+                               donate=case.donate_argnums, log=log)
     ratios = {k: o.step_time_s / main.step_time_s for k, o in others.items()
               if o.ok and main.ok and o.step_time_s and main.step_time_s}
     rec: dict[str, Any] = {

@@ -179,3 +179,27 @@ def test_planning_is_deterministic() -> None:
     a, b = first.to_dict(), again
     a.pop("search"), b.pop("search")
     assert a == b
+
+
+# ---- (f) traces are shared across plan calls --------------------------------------------------------------
+def test_plan_calls_share_traces_per_signature(monkeypatch: pytest.MonkeyPatch) -> None:
+    import autopar.api as api
+
+    calls: list[tuple[int, ...]] = []
+    real = api.trace
+
+    def counting(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        calls.append(tuple(args[1]["x"].shape))
+        return real(fn, *args, **kw)
+
+    monkeypatch.setattr(api, "trace", counting)
+    step, (p, b) = mlp_step(h=64, batch=256)
+    for method in ("data", "zero3", autopar.ShardParallel(mesh_shape=(8,))):
+        autopar.plan(step, p, b, method=method, cluster="p3.16xlarge")
+    assert calls == [(256, 64)]                      # one trace for three methods
+    half = {k: jax.ShapeDtypeStruct((128, 64), F32) for k in b}
+    autopar.plan(step, p, half, method="data", cluster="p3.16xlarge")
+    assert calls == [(256, 64), (128, 64)]           # a new signature traces again
+    step2, _ = mlp_step(h=64, batch=256)             # another function object traces again
+    autopar.plan(step2, p, b, method="data", cluster="p3.16xlarge")
+    assert len(calls) == 3
