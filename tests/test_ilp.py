@@ -254,3 +254,24 @@ def test_dominance_sweep_matches_pairwise_definition() -> None:
             assert (~simplify._dominated(feat) == keep).all(), feat
         finally:
             simplify._DOMINANCE_CHUNK = old
+
+
+def test_budget_below_the_memory_lower_bound_skips_the_solves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When every plan is over the budget by the cheap bound, the only solver run is the exact minimum's."""
+    import autopar.planner.ilp as ilp
+
+    p = _random_problem(10, 3, 14, seed=5, with_memory=True)
+    groups = (MemoryGroup(tuple(range(10)), 0.0),)
+    p = ShardingProblem(p.node_names, p.node_costs, p.edges, p.memory, groups, None)
+    bound = ilp.memory_lower_bound(p)
+    assert bound == sum(min(m) for m in p.memory)
+    runs: list[int] = []
+    real = ilp._run
+    monkeypatch.setattr(ilp, "_run", lambda *a, **k: runs.append(1) or real(*a, **k))
+    tight = ShardingProblem(p.node_names, p.node_costs, p.edges, p.memory, groups, bound * 0.99)
+    with pytest.raises(InfeasibleMemoryError) as info:
+        solve(tight)
+    assert len(runs) == 1                                   # min_memory_budget's model, no cost solve
+    assert info.value.min_budget_bytes == pytest.approx(brute_force_min_budget(tight))
+    assert solve(ShardingProblem(p.node_names, p.node_costs, p.edges, p.memory, groups, bound)).peak_group_memory \
+        == pytest.approx(bound)

@@ -97,6 +97,8 @@ def solve(problem: ShardingProblem, backend: str = "ortools", time_limit_s: floa
     if time_limit_s is not None and not time_limit_s > 0:
         raise ValueError(f"time_limit_s={time_limit_s} must be a positive number of seconds or None")
     start = time.perf_counter()
+    if memory_lower_bound(problem) > (problem.memory_budget or math.inf) * (1 + 1e-9):
+        _raise_infeasible(problem, backend, time_limit_s)    # no plan fits: skip the solves, report the minimum
     if problem.memory_budget is not None and problem.memory_groups and presolve:
         # Memory rows pin their nodes against elimination and make the model much harder. Solve without
         # them first: when that optimum fits the budget it is the constrained optimum too.
@@ -301,6 +303,16 @@ def _classes(mat: np.ndarray) -> tuple[list[list[int]], list[int]]:
         members[g].append(i)
         of.append(g)
     return members, of
+
+
+def memory_lower_bound(p: ShardingProblem) -> float:
+    """A bound no plan's peak is below: the largest group's base plus each member at its smallest memory
+    (among its allowed strategies). 0 without memory groups."""
+    if p.memory is None or not p.memory_groups:
+        return 0.0
+    fixed = p.fixed_map
+    least = [p.memory[v][fixed[v]] if v in fixed else min(p.memory[v]) for v in range(p.num_nodes)]
+    return max(g.base_bytes + sum(least[v] for v in g.nodes) for g in p.memory_groups)
 
 
 def min_memory_budget(p: ShardingProblem, backend: str = "ortools", time_limit_s: float | None = None) -> float:
