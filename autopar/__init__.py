@@ -15,6 +15,7 @@ from autopar.methods import PipeshardParallel as PipeshardParallel, ShardParalle
 from autopar.methods import ZeroParallel as ZeroParallel
 from autopar.plan import Estimate as Estimate, Plan as Plan
 from autopar.planner.problem import InfeasibleMemoryError as InfeasibleMemoryError
+from autopar.planner.problem import SolverTimeLimitError as SolverTimeLimitError
 from autopar.runtime.pipeline import TimelineEvent as TimelineEvent
 from autopar.sharding.rules import AutoparWarning as AutoparWarning
 

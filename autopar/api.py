@@ -19,7 +19,7 @@ from autopar.ir.trace import _normalize_argnums, trace
 from autopar.methods import Auto, Manual3D, Method, PipeshardParallel, ShardParallel, resolve_method
 from autopar.plan import Plan
 from autopar.planner.pipelined import plan_pipelined
-from autopar.planner.problem import InfeasibleMemoryError
+from autopar.planner.problem import InfeasibleMemoryError, SolverTimeLimitError
 from autopar.runtime.pipeline import PipelineRuntime
 from autopar.planner.shard_parallel import plan_intra_op, plan_specs
 from autopar.sharding.mesh import LogicalMesh
@@ -75,7 +75,7 @@ def _plan_abstract(tracer: "_Tracer", cluster: ClusterSpec, method: Method, memo
         for candidate in (ShardParallel(), PipeshardParallel()):
             try:
                 found.append(_plan_abstract(tracer, cluster, candidate, memory_budget, solver, time_limit_s))
-            except (InfeasibleMemoryError, ValueError) as e:
+            except (InfeasibleMemoryError, ValueError, SolverTimeLimitError) as e:
                 errors.append(e)
         if not found:
             raise errors[0]

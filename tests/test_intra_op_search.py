@@ -50,6 +50,35 @@ def test_search_deadline_keeps_the_first_plan_and_warns() -> None:
     assert res.plan.mesh_shape == (8,)
 
 
+def test_a_mesh_whose_ilp_times_out_is_passed_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mesh whose ILP finds nothing within its time limit is recorded and skipped; only when every mesh
+    timed out does the search raise SolverTimeLimitError."""
+    import autopar.planner.shard_parallel as sp
+
+    real = sp._solve_within_memory
+
+    def timeout_on_2d(ip, *a, **k):  # type: ignore[no-untyped-def]
+        if len(ip.mesh.shape) > 1:
+            raise autopar.SolverTimeLimitError("the ortools solver found no plan within time_limit_s=1")
+        return real(ip, *a, **k)
+
+    monkeypatch.setattr(sp, "_solve_within_memory", timeout_on_2d)
+    graph, cluster = _graph(), autopar.ClusterSpec.preset("dgx-a100")
+    res = plan_intra_op(graph, cluster, autopar.ShardParallel())
+    assert len(res.plan.mesh_shape) == 1
+    timed_out = [tuple(m["mesh"]) for m in res.plan.search["meshes"] if m.get("timed_out")]
+    assert timed_out and all(len(m) > 1 for m in timed_out)
+    with pytest.raises(autopar.SolverTimeLimitError, match="found no plan within time_limit_s=1"):
+        plan_intra_op(graph, cluster, autopar.ShardParallel(mesh_shape=(2, 4)))   # one mesh: its own error
+
+    def always_timeout(*a, **k):  # type: ignore[no-untyped-def]
+        raise autopar.SolverTimeLimitError("the ortools solver found no plan within time_limit_s=1")
+
+    monkeypatch.setattr(sp, "_solve_within_memory", always_timeout)
+    with pytest.raises(autopar.SolverTimeLimitError, match="no mesh was planned within the time limit"):
+        plan_intra_op(graph, cluster, autopar.ShardParallel())
+
+
 def test_shared_analysis_and_caches_build_the_same_problem() -> None:
     """``analyse_graph`` once for all meshes, and the per-build caches keyed by layer ties, give the very
     problem an untied, uncached build gives where no ties apply (a 2-layer MLP has none to exploit)."""

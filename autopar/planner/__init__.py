@@ -7,6 +7,7 @@ from autopar.planner.ilp import solve as solve
 from autopar.planner.problem import Alias as Alias
 from autopar.planner.problem import Edge as Edge
 from autopar.planner.problem import InfeasibleMemoryError as InfeasibleMemoryError
+from autopar.planner.problem import SolverTimeLimitError as SolverTimeLimitError
 from autopar.planner.problem import MemoryGroup as MemoryGroup
 from autopar.planner.problem import ShardingProblem as ShardingProblem
 from autopar.planner.problem import Solution as Solution

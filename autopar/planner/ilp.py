@@ -6,7 +6,7 @@ original problem; ``status`` is ``"optimal"`` or, when ``time_limit_s`` cut the 
 (with a ``UserWarning`` saying the plan may be suboptimal).
 Refuses: a memory budget no plan fits (``InfeasibleMemoryError`` with the smallest budget that fits,
 from a second min-max ILP), fixed shardings/aliases that contradict each other (``ValueError``), a time
-limit reached before any plan was found (``RuntimeError``), an unknown backend (``ValueError``).
+limit reached before any plan was found (``SolverTimeLimitError``, a ``RuntimeError``), an unknown backend (``ValueError``).
 
 Formulation (after the exact reductions of ``simplify.py``): one-hot binaries ``x[v, s]`` per remaining
 node; for each remaining edge (u, v) binaries ``e[i, j]`` only for allowed (finite) entries, tied by Alpa's
@@ -41,8 +41,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from autopar.planner.problem import (InfeasibleMemoryError, ShardingProblem, Solution, evaluate, format_bytes,
-                                     is_feasible, peak_group_memory)
+from autopar.planner.problem import (InfeasibleMemoryError, ShardingProblem, Solution, SolverTimeLimitError,
+                                     evaluate, format_bytes, is_feasible, peak_group_memory)
 from autopar.planner.simplify import Reduced, reduce
 
 BACKENDS = ("ortools", "pulp", "ortools-cpsat")
@@ -124,7 +124,7 @@ def solve(problem: ShardingProblem, backend: str = "ortools", time_limit_s: floa
     if raw.status == "infeasible":
         _raise_infeasible(problem, backend, time_limit_s)
     if raw.values is None and warm is None:
-        raise RuntimeError(f"the {backend} solver found no plan within time_limit_s={time_limit_s}; "
+        raise SolverTimeLimitError(f"the {backend} solver found no plan within time_limit_s={time_limit_s}; "
                            "raise time_limit_s or pass None")
     notes: tuple[str, ...] = ()
     if raw.values is not None:
@@ -343,7 +343,7 @@ def min_memory_budget(p: ShardingProblem, backend: str = "ortools", time_limit_s
         if raw.status == "infeasible":
             raise ValueError("no plan exists even without a memory budget: the fixed shardings and aliases "
                              "contradict each other; check `fixed` and `aliases`")
-        raise RuntimeError(f"the minimum-memory ILP found no plan within time_limit_s={time_limit_s}")
+        raise SolverTimeLimitError(f"the minimum-memory ILP found no plan within time_limit_s={time_limit_s}")
     choices = [allowed[v][next(k for k, xi in enumerate(x[v]) if raw.values[xi] > 0)] for v in range(n)]
     return max(g.base_bytes + sum(p.memory[v][choices[v]] for v in g.nodes) for g in p.memory_groups)
 

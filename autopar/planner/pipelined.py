@@ -20,7 +20,7 @@ from autopar.ir.graph import Graph
 from autopar.methods import Manual3D, Method, PipeshardParallel, ShardParallel
 from autopar.pipeline.layers import balanced_split, layer_flops, op_layers
 from autopar.planner.pipeshard import StagedResult, StageLayout, plan_stages
-from autopar.planner.problem import InfeasibleMemoryError
+from autopar.planner.problem import InfeasibleMemoryError, SolverTimeLimitError
 
 TraceAt = Callable[[int], Graph]
 
@@ -132,7 +132,7 @@ def plan_pipelined(trace_at: TraceAt, batch: int, cluster: ClusterSpec, method: 
             try:
                 res = plan_fixed(trace_at(m), cluster, method.layers, stages, devices, logical, rm, m,
                                  method.schedule, memory_budget, solver, time_limit_s, method)
-            except InfeasibleMemoryError as e:
+            except (InfeasibleMemoryError, SolverTimeLimitError) as e:
                 errors.append(e)
                 continue
             if best is None or res.plan.estimate.step_time_s < best.plan.estimate.step_time_s * (1 - 1e-9):

@@ -27,7 +27,7 @@ from autopar.methods import ShardParallel
 from autopar.pipeline.partition import BACKWARD, FORWARD, StageSplit, split_stages
 from autopar.pipeline.schedule import bubble_of, in_flight, pipeline_time
 from autopar.plan import Estimate, Plan, StagePlan
-from autopar.planner.problem import InfeasibleMemoryError, format_bytes
+from autopar.planner.problem import InfeasibleMemoryError, SolverTimeLimitError, format_bytes
 from autopar.planner.shard_parallel import IntraOpResult, fixed_tensors, graph_fingerprint, plan_intra_op
 from autopar.sharding.spec import ShardingSpec
 
@@ -181,7 +181,7 @@ def _plan_stage(split: StageSplit, s: int, sub: Subgraph, cluster: ClusterSpec, 
     try:
         return plan_intra_op(sub.graph, cluster, method, memory_budget=limit - held,
                              solver=solver, time_limit_s=time_limit_s)
-    except InfeasibleMemoryError:
+    except (InfeasibleMemoryError, SolverTimeLimitError):
         return res     # reported by the caller with the stage's full need
 
 

@@ -30,6 +30,11 @@ class InfeasibleMemoryError(ValueError):
         self.budget_bytes = budget_bytes
 
 
+class SolverTimeLimitError(RuntimeError):
+    """The solver reached its time limit before finding any plan (a searching caller moves on to its other
+    candidates; a single fixed configuration reports it)."""
+
+
 def format_bytes(n: float) -> str:
     """Human units with binary prefixes: ``format_bytes(12.4 * 2**30) == '12.4 GiB'``."""
     for unit, scale in (("TiB", 2.0**40), ("GiB", 2.0**30), ("MiB", 2.0**20), ("KiB", 2.0**10)):

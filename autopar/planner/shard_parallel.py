@@ -26,7 +26,8 @@ from autopar.plan import Estimate, Plan, StagePlan
 from autopar.planner.estimate import estimate_plan, operand_specs
 from autopar.planner.ilp import solve
 from autopar.planner.intra_op import IntraOpProblem, analyse_graph, build_intra_op
-from autopar.planner.problem import Alias, InfeasibleMemoryError, Solution, evaluate, format_bytes
+from autopar.planner.problem import (Alias, InfeasibleMemoryError, Solution, SolverTimeLimitError, evaluate,
+                                     format_bytes)
 from autopar.sharding.mesh import LogicalMesh
 from autopar.sharding.spec import ShardingSpec
 
@@ -265,10 +266,12 @@ def plan_intra_op(graph: Graph, cluster: Any, method: Method, *, memory_budget: 
         hint = warm_start(solved, ip)
         try:
             sol, est = _solve_within_memory(ip, cluster.device, solver, limit, hint)
-        except ValueError as e:
+        except (ValueError, SolverTimeLimitError) as e:
             tried.append({"mesh": list(shape), "error": str(e)})
             if isinstance(e, InfeasibleMemoryError):
                 tried[-1]["min_budget_bytes"] = e.min_budget_bytes
+            if isinstance(e, SolverTimeLimitError):
+                tried[-1]["timed_out"] = True
             if len(shapes) == 1:
                 raise
             continue
@@ -286,6 +289,8 @@ def plan_intra_op(graph: Graph, cluster: Any, method: Method, *, memory_budget: 
             raise InfeasibleMemoryError(f"no mesh admits a plan within the memory budget; the least demanding "
                                         f"needs {format_bytes(min(needs))} per device ({errors})",
                                         min(needs), float(memory_budget or cluster.device.memory_bytes))
+        if any(t.get("timed_out") for t in tried):
+            raise SolverTimeLimitError(f"no mesh was planned within the time limit ({errors}); raise time_limit_s")
         raise ValueError(f"no mesh admits a plan: {errors}")
     _, ip, sol, est = best
     search = {"search_time_s": time.perf_counter() - start, "solver": solver, "meshes": tried,
@@ -389,7 +394,7 @@ def _solve_within_memory(ip: IntraOpProblem, device: Any, solver: str, time_limi
         try:
             sol = solve(dataclasses.replace(ip.problem, memory_budget=ilp_budget), backend=solver,
                         time_limit_s=time_limit_s, hint=hint)
-        except InfeasibleMemoryError:
+        except (InfeasibleMemoryError, SolverTimeLimitError):    # keep the plan over budget: reported below
             break
         est = estimate_plan(ip, sol.choices, device)
     if budget is not None and est.peak_memory_bytes > budget * (1 + 1e-9):

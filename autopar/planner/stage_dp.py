@@ -39,7 +39,7 @@ from autopar.pipeline.layers import balanced_split, layer_flops, op_layers
 from autopar.pipeline.partition import split_stages
 from autopar.planner.pipeshard import (DataTensorShard, StagedResult, _compute_of, _parent_specs, _stash_bytes,
                                        stage_subgraph, submesh_cluster)
-from autopar.planner.problem import InfeasibleMemoryError
+from autopar.planner.problem import InfeasibleMemoryError, SolverTimeLimitError
 from autopar.planner.shard_parallel import plan_intra_op
 
 INF = float("inf")
@@ -106,7 +106,7 @@ def layer_costs(graph: Graph, layers: list[int | None], cluster: ClusterSpec, op
             try:
                 res = plan_intra_op(sub.graph, submesh_cluster(cluster, opt.devices), method,
                                     memory_budget=budget, solver=solver, time_limit_s=time_limit_s)
-            except (InfeasibleMemoryError, ValueError):
+            except (InfeasibleMemoryError, ValueError, SolverTimeLimitError):   # a timeout counts as no plan
                 memo[(key, oi, budget)] = None
             else:
                 specs = _parent_specs(sub, res)
@@ -339,7 +339,7 @@ class _LayoutSearch:
             return None
         try:
             return self.exact(stages, opts, remat)
-        except InfeasibleMemoryError as e:
+        except (InfeasibleMemoryError, SolverTimeLimitError) as e:
             self.entry.setdefault("errors", []).append(str(e)[:200])
             return None
 
@@ -377,6 +377,9 @@ class _LayoutSearch:
                     else 2 * self.limit
                 dp_limit *= min(self.limit / need, 0.95)
                 continue
+            except SolverTimeLimitError as e:            # the uniform layouts are still tried
+                self.entry["error"] = str(e)[:200]
+                return None
             self.entry.pop("error", None)
             if len(layout) >= 2 and len(set(opts)) == 1:
                 alt = self.plan(len(layout), opts, remat)
