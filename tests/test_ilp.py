@@ -6,12 +6,14 @@ import math
 import random
 import warnings
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from autopar.planner import (Alias, Edge, InfeasibleMemoryError, MemoryGroup, ShardingProblem, brute_force,
                              brute_force_min_budget, evaluate, min_memory_budget, solve)
+import autopar
 from autopar.planner.problem import is_feasible
 from autopar.planner.simplify import reduce
 
@@ -150,10 +152,25 @@ def test_time_limit_returns_incumbent_with_warning() -> None:
     assert sol.objective == pytest.approx(evaluate(p, sol.choices))
 
 
-def test_time_limit_without_incumbent_raises() -> None:
+def test_time_limit_keeps_the_lean_start_when_the_greedy_one_breaks_the_budget() -> None:
+    import autopar.planner.ilp as ilp
+
     p = _random_problem(150, 8, 400, seed=0, with_memory=True)  # the greedy hint breaks the budget
     p = ShardingProblem(p.node_names, p.node_costs, p.edges, p.memory, p.memory_groups, 250.0)
-    with pytest.raises(RuntimeError, match="found no plan within time_limit_s"):
+    greedy = tuple(int(np.argmin(c)) for c in p.node_costs)
+    assert not is_feasible(p, greedy) and ilp.memory_lower_bound(p) <= 250.0
+    with pytest.warns(UserWarning, match="stopped at time_limit_s"):
+        sol = solve(p, time_limit_s=1e-3, presolve=False)
+    assert is_feasible(p, sol.choices) and sol.peak_group_memory <= 250.0
+
+
+def test_time_limit_without_incumbent_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    import autopar.planner.ilp as ilp
+
+    monkeypatch.setattr(ilp, "_lean_start", lambda p, red: None)   # as when aliases forbid the lean start
+    p = _random_problem(150, 8, 400, seed=0, with_memory=True)
+    p = ShardingProblem(p.node_names, p.node_costs, p.edges, p.memory, p.memory_groups, 250.0)
+    with pytest.raises(autopar.SolverTimeLimitError, match="found no plan within time_limit_s"):
         solve(p, time_limit_s=1e-3, presolve=False)
 
 

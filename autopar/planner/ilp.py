@@ -113,12 +113,18 @@ def solve(problem: ShardingProblem, backend: str = "ortools", time_limit_s: floa
         _raise_infeasible(problem, backend, time_limit_s)
     assert red is not None
     start_local = _start(red, hint)
+    lean = None
+    if problem.memory_budget is not None and problem.memory_groups and \
+            not is_feasible(problem, red.expand(start_local)):
+        lean = _lean_start(problem, red)      # a start within the budget, so a time limit leaves a plan
+        if lean is not None:
+            start_local = lean
     model, xvars = _build(problem, red, start_local)
     left = None if time_limit_s is None else max(min(MIN_SOLVER_S, time_limit_s),
                                                  time_limit_s - (time.perf_counter() - start))
     raw = _run(backend, model, left) if model.obj else _Raw("optimal", [])
     # the polished start, expanded (eliminated nodes at their best): a plan whenever it is feasible
-    warm = red.expand(start_local) if hint is not None else None
+    warm = red.expand(start_local) if hint is not None or lean is not None else None
     if warm is not None and not is_feasible(problem, warm):
         warm = None
     if raw.status == "infeasible":
@@ -161,6 +167,21 @@ def _start(red: Reduced, hint: Sequence[int] | None) -> dict[int, int]:
             missing.append(v)
     local = _polish(red, local, first=missing)
     return local if _reduced_value(red, local) <= _reduced_value(red, greedy) else greedy
+
+
+def _lean_start(p: ShardingProblem, red: Reduced) -> dict[int, int] | None:
+    """Each node in a memory group at its smallest memory (the cheapest on ties), the others at their
+    cheapest: every group then sits at ``memory_lower_bound``, within the budget whenever any plan is. None
+    when that start breaks a fixed sharding, an alias or a forbidden pair."""
+    local = {}
+    for v in red.nodes():
+        if red.protected[v]:
+            mem = np.asarray(p.memory[v], dtype=float)[red.allowed[v]]   # type: ignore[index]
+            local[v] = int(np.lexsort((red.cost[v], mem))[0])
+        else:
+            local[v] = int(np.argmin(red.cost[v]))
+    choices = red.expand(local)
+    return local if is_feasible(p, choices) and math.isfinite(evaluate(p, choices)) else None
 
 
 POLISH_ROUNDS = 50
