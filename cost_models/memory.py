@@ -14,7 +14,8 @@ The model of temporaries follows what XLA does to a jaxpr before it allocates bu
 - a fused value is recomputed where it is read, so the values it is computed from stay live until its
   last reader: a ReLU mask ``x > 0`` read by the backward ``select_n`` keeps the pre-activation ``x``
   alive until the backward pass (``last_uses``);
-- a dot_general whose batch dimensions are not leading reads a transposed copy of that operand;
+- a dot_general whose batch dimensions are not leading reads a transposed copy of that operand; a transpose
+  of the last two dimensions read only by dots is folded into them (XLA ``TransposeFolding``) and gets none;
 - the peak is taken over program order (XLA's scheduler may do better).
 
 Backend expansions (``platform_buffer_rules``, keyed by the platform the plan is for: the cluster's
@@ -31,7 +32,10 @@ platform's XLA rewrites it into several HLO ops. XLA:CPU has two that matter for
 - a reduction (``YNN_REDUCTIONS``) becomes a YNNPACK fusion (``__ynn_fusion``) that absorbs the elementwise ops
   and broadcasts feeding it but never duplicates one that another op also reads: that shared fused value
   (LayerNorm's ``x - mean``, normalised value, scaled output gradient) gets a buffer from its producer to the
-  last reduction reading it (``_reduction_shared_input_cpu``; exact on a LayerNorm forward + gradient).
+  last reduction reading it (``_reduction_shared_input_cpu``; exact on a LayerNorm forward + gradient). The
+  fusion takes floating-point arithmetic only (``_ynn_fusible``): a product with a mask or a one-hot (a
+  cross-entropy's ``onehot * logp``, a select to XLA) stays in a loop fusion whose output the reduction
+  reads as a buffer, and the walk back stops there (the one-hot is recomputed by each reader).
 GPU and TPU run the first two ops natively (cuDNN / the TPU convolution unit take any dimension numbers through
 layout assignment; GPU emits select-and-scatter directly), so neither rule is registered for them.
 The expansions are placed at the op, in program order. Known gaps (XLA:CPU, jax 0.10.2): at larger per-device
@@ -40,7 +44,10 @@ are made, and holds the results until the backward op (not modelled: whether it 
 not at one image per device, yes at four); XLA's algebraic simplifier reassociates flax's LayerNorm
 ``(x - mean) * (rsqrt * scale)`` so that ``broadcast(rsqrt)`` is one activation-sized value shared by two
 reductions, which the graph (where rsqrt is small) cannot show (one activation under per flax LayerNorm); XLA
-CSEs repeated jaxpr subexpressions that this model counts twice. Measured on wresnet_tiny with four images per
+CSEs repeated jaxpr subexpressions that this model counts twice; XLA:CPU fuses a dot into the max reduction of
+a softmax that reads it (the fusion's root is ``x - max``, so the logits get no buffer of their own) and lets an
+elementwise fusion write into a dying operand's buffer of its size (the model does that only for outputs):
+a softmax cross-entropy's forward + gradient is 1.5x XLA's temporaries (tests/test_memory.py). Measured on wresnet_tiny with four images per
 device the prediction stays at ~0.67 of XLA's peak; the YNN rule closes only ~0.02 of it.
 """
 
@@ -58,6 +65,9 @@ if TYPE_CHECKING:
     from autopar.ir.graph import Graph, Op, Tensor
 
 TensorBytes = Callable[["Tensor"], float]
+# ``Graph.annotations`` key a planner sets (to True) on a graph that runs as one XLA program per ``Section``
+# (a pipelined stage: forward, backward and update pieces) rather than as one program.
+PROGRAMS_PER_SECTION = "programs_per_section"
 
 # Ops XLA fuses into their consumers (they produce no buffer of their own when fused).
 FUSIBLE = ELEMENTWISE | frozenset({
@@ -124,9 +134,13 @@ def _writes_into_output(g: "Graph", t: "Tensor", depth: int = 6) -> bool:
 
 
 def materialised(g: "Graph", t: "Tensor") -> bool:
-    if t.producer is None or t.is_output or _writes_into_output(g, t):
+    if t.producer is None or t.is_output:
         return False
     producer = g.ops[t.producer]
+    if _crosses_programs(g, producer, t):
+        return True
+    if _writes_into_output(g, t) or _folded_into_dots(g, producer, t):
+        return False
     if producer.primitive not in FUSIBLE:
         return True
     consumers = [g.ops[c] for c in t.consumers]
@@ -135,6 +149,28 @@ def materialised(g: "Graph", t: "Tensor") -> bool:
     if len({c.id for c in consumers}) > 1 and producer.primitive not in CHEAP:
         return True  # XLA duplicates only cheap producers into several consumers
     return False
+
+
+def _crosses_programs(g: "Graph", producer: "Op", t: "Tensor") -> bool:
+    """On a graph run as one XLA program per section (annotated ``PROGRAMS_PER_SECTION``: a pipelined stage's
+    forward, backward and update pieces), a transpose read in another section is an output of its producer's
+    program and an argument of its reader's: ``TransposeFolding`` cannot reach across, so it is a buffer (a
+    tied embedding's ``wte.T``, read by the logits dot and by the backward dot of the input gradient)."""
+    if producer.primitive != "transpose" or not g.annotations.get(PROGRAMS_PER_SECTION):
+        return False
+    return any(g.ops[c].section is not producer.section for c in t.consumers)
+
+
+def _folded_into_dots(g: "Graph", producer: "Op", t: "Tensor") -> bool:
+    """XLA's ``TransposeFolding`` pass folds a transpose that swaps the last two dimensions of a dot operand
+    into the dot's dimension numbers; read only by dots, the transpose is gone (a tied embedding's
+    ``wte.T``)."""
+    if producer.primitive != "transpose" or not t.consumers:
+        return False
+    n = len(t.shape)
+    perm = tuple(producer.params.get("permutation", ()))
+    return n >= 2 and perm == (*range(n - 2), n - 1, n - 2) and all(
+        g.ops[c].primitive == "dot_general" for c in t.consumers)
 
 
 def _aliased_bytes(g: "Graph", size: TensorBytes) -> float:
@@ -359,11 +395,29 @@ def _reduction_cut(g: "Graph", op: "Op", mat: dict[int, bool]) -> set[int]:
         t = g.tensors[tid]
         if t.producer is None or t.is_output or mat[tid] or g.ops[t.producer].primitive not in FUSIBLE:
             continue                                   # an input or a buffer of its own already
-        if len(set(t.consumers)) > 1:
+        if len(set(t.consumers)) > 1 or not _ynn_fusible(g, g.ops[t.producer]):
             cut.add(tid)
         else:
             stack.extend(g.ops[t.producer].inputs)     # type: ignore[index]
     return cut
+
+
+def _from_predicate(g: "Graph", tid: int) -> bool:
+    """A boolean or integer value, or a float converted from one (a mask, a one-hot)."""
+    t = g.tensors[tid]
+    if not np.issubdtype(t.dtype, np.floating):
+        return True
+    p = g.ops[t.producer] if t.producer is not None else None
+    return p is not None and p.primitive == "convert_element_type" and not np.issubdtype(
+        g.tensors[p.inputs[0]].dtype, np.floating)
+
+
+def _ynn_fusible(g: "Graph", op: "Op") -> bool:
+    """YNNPACK fusions take floating-point arithmetic only: an op that reads a mask or a one-hot (a select, or
+    a product with a converted boolean, which XLA's algebraic simplifier turns into a select) is left to a loop
+    fusion, whose output the reduction fusion reads as a buffer; the mask is recomputed in every loop fusion
+    that reads it (a cheap producer) and gets no buffer of its own (a cross-entropy's one-hot)."""
+    return not any(_from_predicate(g, i) for i in op.inputs)
 
 
 def _shared_reductions(g: "Graph") -> dict[int, list[tuple[int, int]]]:

@@ -165,16 +165,17 @@ ACCEPTANCE = [
     pytest.param("gpt", "shard8", id="gpt-shard8"),
     pytest.param("wresnet", "data", id="wresnet-data"),
     pytest.param("gpt", "data", id="gpt-data", marks=SLOW),
-    pytest.param("gpt", "shard2x4", id="gpt-shard2x4", marks=[SLOW, pytest.mark.xfail(
-        strict=True, reason="peak memory predicted 1.194x XLA's (1.126x when the operand pinning landed); moved "
-                            "by a later change this session, not diagnosed yet; collectives match exactly")]),
+    # 1.194x XLA's peak while the YNN shared-input rule double-counted the cross-entropy's shifted logits and
+    # one-hot, and the tied embedding's folded transpose was held (cost_models/memory.py); 1.131x since
+    pytest.param("gpt", "shard2x4", id="gpt-shard2x4", marks=SLOW),
     pytest.param("wresnet", "shard8", id="wresnet-shard8", marks=SLOW),
     pytest.param("wresnet", "shard2x4", id="wresnet-shard2x4", marks=SLOW),
     # the mesh left to the planner (``autopar audit TARGET --method shard``): every mesh of 8 is searched
     pytest.param("mlp", "shard", id="mlp-shard", marks=SLOW),
     pytest.param("gpt", "shard", id="gpt-shard", marks=SLOW),
     pytest.param("wresnet", "shard", id="wresnet-shard", marks=SLOW),
-    # ``autopar audit TARGET``'s default method (auto picks the single SPMD program for gpt_tiny)
+    # ``autopar audit TARGET``'s default method. For gpt_tiny the stage search's best is one (2, 4) stage with
+    # one microbatch, which Auto plans as the single SPMD program it is (asserted below)
     pytest.param("gpt", "auto", id="gpt-auto", marks=SLOW),
 ]
 
@@ -187,6 +188,8 @@ def test_acceptance_ratios_within_15_percent(model: str, method: str) -> None:
     assert report.compiled.comm_bytes, "expected collectives in the compiled program"
     assert report.failures(0.15) == {}, report.ratios()
     assert report.predicted.collective_counts == report.compiled.collective_counts
+    if method == "auto":
+        assert report.plan.method == "shard" and len(report.plan.stages) == 1, report.plan.method
 
 
 # ---- pipelined / microbatched plans ----------------------------------------------------------------
@@ -249,12 +252,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @SLOW
-def test_cli_audit_of_a_pipelined_default_plan(tmp_path: Path) -> None:
-    """``autopar audit mlp_tiny`` (method auto on 8 fake CPU devices picks a pipelined plan) runs for real."""
+def test_cli_audit_of_a_searched_pipelined_plan(tmp_path: Path) -> None:
+    """``autopar audit mlp_tiny --method pipeshard`` (the stage search on 8 fake CPU devices) runs for real.
+    (Method auto plans mlp_tiny as one SPMD program: the search's best is one stage with one microbatch.)"""
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     out = tmp_path / "audit.json"
-    r = subprocess.run([sys.executable, "-m", "autopar.cli.main", "audit", "mlp_tiny", "--json", str(out), "--strict",
+    r = subprocess.run([sys.executable, "-m", "autopar.cli.main", "audit", "mlp_tiny", "--method", "pipeshard", "--json",
+                        str(out), "--strict",
                         "--tolerance", "0.15", "--quiet"], capture_output=True, text=True, env=env, cwd=ROOT,
                        timeout=300)
     assert r.returncode == 0, r.stderr
@@ -265,7 +270,7 @@ def test_cli_audit_of_a_pipelined_default_plan(tmp_path: Path) -> None:
 
 
 PIPELINED = [
-    pytest.param("mlp_tiny", "auto", id="mlp_tiny-auto", marks=SLOW),
+    pytest.param("mlp_tiny", "pipeshard", id="mlp_tiny-pipeshard", marks=SLOW),
     pytest.param("gpt_tiny", "pp2", id="gpt_tiny-pp2", marks=SLOW),
 ]
 
@@ -281,7 +286,7 @@ def test_acceptance_pipelined_ratios_within_15_percent(model: str, method: str) 
 
 
 @SLOW
-@pytest.mark.parametrize("method", ["auto", "pp2"])
+@pytest.mark.parametrize("method", ["pipeshard", "pp2"])
 def test_wresnet_pipelined_bytes_match_and_memory_is_a_known_underestimate(method: str) -> None:
     """wresnet_tiny's pipelined plans: collective bytes and counts match XLA exactly. Memory does not: the
     backward programs' XLA:CPU temporaries (the select-and-scatter of the max-pool gradient expanded into one

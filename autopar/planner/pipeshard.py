@@ -14,6 +14,7 @@ inputs) + one more copy of the averaged gradients when m > 1.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import Counter
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from autopar.cost_models.cluster import ClusterSpec
+from autopar.cost_models.memory import PROGRAMS_PER_SECTION
 from autopar.ir.graph import Graph, Role, Section
 from autopar.ir.subgraph import Subgraph, extract, structure_key
 from autopar.methods import ShardParallel
@@ -89,7 +91,11 @@ def stage_subgraph(split: StageSplit, stage: int) -> Subgraph:
             return t.role
         return Role.BATCH if t.id in split.batch_dependent else Role.PARAMETER
 
-    return extract(g, split.stage_ops(stage), input_role=role)
+    sub = extract(g, split.stage_ops(stage), input_role=role)
+    # a stage runs as one program per section (forward, backward, update): the memory model must not fold
+    # across them (see cost_models.memory.PROGRAMS_PER_SECTION)
+    marked = dataclasses.replace(sub.graph, annotations={**sub.graph.annotations, PROGRAMS_PER_SECTION: True})
+    return dataclasses.replace(sub, graph=marked)
 
 
 def plan_stages(graph: Graph, cluster: ClusterSpec, layout: StageLayout, *, num_microbatches: int,
