@@ -66,35 +66,42 @@ def _is_pipelined(method: Method) -> bool:
         isinstance(method, ShardParallel) and method.num_microbatches not in (None, 1))
 
 
+def _plan_auto(tracer: "_Tracer", cluster: ClusterSpec, memory_budget: float | None, solver: str,
+               time_limit_s: float | None) -> Plan:
+    """Auto: the faster of ShardParallel() and PipeshardParallel(); a one-stage, one-microbatch pipeline is
+    planned again as the single SPMD program it is."""
+    found: list[Plan] = []
+    errors: list[Exception] = []
+    for candidate in (ShardParallel(), PipeshardParallel()):
+        try:
+            found.append(_plan_abstract(tracer, cluster, candidate, memory_budget, solver, time_limit_s))
+        except (InfeasibleMemoryError, ValueError, SolverTimeLimitError) as e:
+            errors.append(e)
+    if not found:
+        raise errors[0]
+    best = min(found, key=lambda p: p.estimate.step_time_s)
+    if _is_pipelined_plan(best) and len(best.stages) == 1 and \
+            best.method_options.get("num_microbatches") in (None, 1) and \
+            len(best.stages[0].devices) == cluster.num_devices:
+        # one stage, one microbatch: the same step as one SPMD program on that mesh, which XLA compiles
+        # whole (the pipeline runtime runs forward, backward and update as three programs, whose
+        # boundaries cost time and memory the estimates do not fully charge); the ILP objective and the
+        # final estimate disagree by up to ~1 % (docs/benchmarks.md), so within that the single program wins
+        try:
+            single = _plan_abstract(tracer, cluster, ShardParallel(mesh_shape=best.stages[0].mesh_shape),
+                                    memory_budget, solver, time_limit_s)
+        except (InfeasibleMemoryError, ValueError, SolverTimeLimitError):
+            return best
+        if single.estimate.step_time_s <= best.estimate.step_time_s * (1 + SINGLE_PROGRAM_TOLERANCE):
+            return single
+    return min(found, key=lambda p: (p.estimate.step_time_s, _is_pipelined_plan(p)))  # ties: one program
+
+
 def _plan_abstract(tracer: "_Tracer", cluster: ClusterSpec, method: Method, memory_budget: float | None,
                    solver: str, time_limit_s: float | None) -> Plan:
     """Plan from abstract arguments: one SPMD program, or microbatches / pipeline stages."""
     if isinstance(method, Auto):
-        found: list[Plan] = []
-        errors: list[Exception] = []
-        for candidate in (ShardParallel(), PipeshardParallel()):
-            try:
-                found.append(_plan_abstract(tracer, cluster, candidate, memory_budget, solver, time_limit_s))
-            except (InfeasibleMemoryError, ValueError, SolverTimeLimitError) as e:
-                errors.append(e)
-        if not found:
-            raise errors[0]
-        best = min(found, key=lambda p: p.estimate.step_time_s)
-        if _is_pipelined_plan(best) and len(best.stages) == 1 and \
-                best.method_options.get("num_microbatches") in (None, 1) and \
-                len(best.stages[0].devices) == cluster.num_devices:
-            # one stage, one microbatch: the same step as one SPMD program on that mesh, which XLA compiles
-            # whole (the pipeline runtime runs forward, backward and update as three programs, whose
-            # boundaries cost time and memory the estimates do not fully charge); the ILP objective and the
-            # final estimate disagree by up to ~1 % (docs/benchmarks.md), so within that the single program wins
-            try:
-                single = _plan_abstract(tracer, cluster, ShardParallel(mesh_shape=best.stages[0].mesh_shape),
-                                        memory_budget, solver, time_limit_s)
-            except (InfeasibleMemoryError, ValueError, SolverTimeLimitError):
-                return best
-            if single.estimate.step_time_s <= best.estimate.step_time_s * (1 + SINGLE_PROGRAM_TOLERANCE):
-                return single
-        return min(found, key=lambda p: (p.estimate.step_time_s, _is_pipelined_plan(p)))  # ties: one program
+        return _plan_auto(tracer, cluster, memory_budget, solver, time_limit_s)
     if _is_pipelined(method):
         return plan_pipelined(tracer.at, tracer.batch_size(), cluster, method, memory_budget=memory_budget,
                               solver=solver, time_limit_s=time_limit_s).plan
