@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from autopar.cost_models.cluster import PROFILE_FORMAT, ClusterSpec
+from autopar.cost_models.compute import op_classes
 from autopar.cost_models.hardware import DEVICES, DeviceSpec, device
 from autopar.cost_models.links import LinkSpec
 
-__all__ = ["PROFILE_FORMAT", "calibrate", "catalog_name_for", "cluster_from_profile", "local_cluster",
+__all__ = ["PROFILE_FORMAT", "calibrate", "catalog_name_for", "catalog_node", "cluster_from_profile", "local_cluster",
            "load_profile", "write_profile"]
 
 GB = 1e9
@@ -237,12 +238,17 @@ def _measured_device(d: Mapping[str, Any], where: str) -> DeviceSpec:
     flops = d.get("peak_flops")
     if not isinstance(flops, Mapping) or not flops:
         raise ValueError(f"{where}: peak_flops must be a table of measured flop/s per dtype, got {flops!r}")
+    # The profile holds achieved rates (large GEMMs, a streaming kernel) while the compute model discounts a
+    # device's peaks by its efficiency table: store achieved / efficiency, so that a large kernel is modelled
+    # at exactly the measured rate instead of being discounted twice.
+    matmul, stream = op_classes["matmul"], op_classes["elementwise"]
     merged = dict(base.peak_flops)
-    merged.update({k: _pos(v, where, f"peak_flops.{k}") for k, v in flops.items()})
+    merged.update({k: _pos(v, where, f"peak_flops.{k}") / matmul.compute_eff(k) for k, v in flops.items()})
     mem = d.get("memory_bytes")
+    bandwidth = _pos(d.get("memory_bandwidth"), where, "memory_bandwidth") / stream.memory_efficiency
     return DeviceSpec(name=name, kind=_PLATFORM_KIND.get(str(d.get("platform")), base.kind), peak_flops=merged,
                       memory_bytes=int(_pos(mem, where, "memory_bytes")) if mem is not None else base.memory_bytes,
-                      memory_bandwidth=_pos(d.get("memory_bandwidth"), where, "memory_bandwidth"),
+                      memory_bandwidth=bandwidth,
                       source=f"calibration profile {where} ({d.get('timestamp')}, jax {d.get('jax_version')})")
 
 
@@ -276,8 +282,14 @@ def local_cluster(profile: str | Path | None = None) -> ClusterSpec:
 
     devs = jax.devices()
     d0 = devs[0]
-    name = catalog_name_for(d0.platform, getattr(d0, "device_kind", d0.platform))
     if profile is not None:
         return cluster_from_profile(load_profile(profile), where=str(profile), num_devices=len(devs))
-    link = LinkSpec(*_LOCAL_LINKS.get(name, _DEFAULT_LINK), span=len(devs))
-    return ClusterSpec(f"local-{d0.platform}", device(name), 1, len(devs), (link,))
+    return catalog_node(d0.platform, getattr(d0, "device_kind", d0.platform), len(devs))
+
+
+def catalog_node(platform: str, device_kind: str, num_devices: int) -> ClusterSpec:
+    """One node of ``num_devices`` devices that jax reports as ``device_kind``, with the catalog's figures
+    and the link that joins such devices inside a node."""
+    name = catalog_name_for(platform, device_kind)
+    link = LinkSpec(*_LOCAL_LINKS.get(name, _DEFAULT_LINK), span=num_devices)
+    return ClusterSpec(f"local-{platform}", device(name), 1, num_devices, (link,))

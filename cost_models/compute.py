@@ -10,8 +10,11 @@ Model, per op and per device (an op split k ways does 1/k of the flops and moves
 
     time = max(flops / (peak(dtype) * eff_compute), bytes / (bandwidth * eff_memory)) + overhead
 
-flops come from ``autopar.ir.flops.op_flops`` (exact for dot_general and conv); bytes are the sizes of the
-op's input and output tensors (scalar constants are free). Efficiencies and overheads are per op class, in
+flops come from ``autopar.ir.flops.op_flops`` (exact for dot_general and conv); bytes are what the op moves
+through device memory once XLA has fused it (``cost_models.traffic``: a chain of elementwise ops reads its
+inputs and writes the results read outside it, not every intermediate; scalar constants are free). A float32
+dot or convolution at the default precision runs on TF32 tensor cores where the device has them
+(``tensor_core_fp32``; ``Precision.HIGHEST`` or ``jax_default_matmul_precision="highest"`` keeps full fp32). Efficiencies and overheads are per op class, in
 one table (``op_classes`` / ``efficiency_rules``) so calibration can replace them. Matmul-like ops get a
 size ramp: ``eff = eff_max * t / (t + ramp_s)`` with ``t`` the ideal time at peak, i.e. an extra ``ramp_s``
 of fill/drain (tile quantisation, wave tail) that makes small GEMMs reach a small fraction of peak.
@@ -29,6 +32,7 @@ from typing import TYPE_CHECKING, Mapping, Protocol
 
 import numpy as np
 
+from autopar.cost_models.traffic import op_traffic
 from autopar.ir.flops import ELEMENTWISE, REDUCTIONS, op_flops
 
 if TYPE_CHECKING:
@@ -84,15 +88,20 @@ class OpClass:
 # - data movement (transpose, gather, scatter, dynamic slices, pad, concatenate, sort): strided or indexed
 #   access; XLA transposes through shared-memory tiles at ~50-60%, gathers/scatters lower; 0.5.
 # - free: reshape-like ops are bitcasts in XLA and broadcasts are fused into their consumers: no cost.
-_MATMUL = OpClass("matmul", {"default": 0.7, "bf16": 0.75, "fp16": 0.75, "tf32": 0.7, "fp32": 0.85,
+# - measured (bench/op_timing.py on an H200, jax 0.11.2; each distinct matmul/conv of five bench steps timed
+#   alone, weighted by count): bf16 dots reached 0.97 of this table's prediction (591 TFLOP/s), fp32 dots on
+#   TF32 0.85 with tf32 at 0.7 (hence 0.6), fp32 convolutions on TF32 0.60 (hence 0.42 for conv tf32).
+_MATMUL = OpClass("matmul", {"default": 0.7, "bf16": 0.75, "fp16": 0.75, "tf32": 0.6, "fp32": 0.85,
                              "fp8": 0.6, "int8": 0.6}, memory_efficiency=0.8, overhead_s=3e-6, ramp_s=3e-6)
+_CONV = OpClass("conv", {**_MATMUL.compute_efficiency, "tf32": 0.42}, memory_efficiency=0.8, overhead_s=3e-6,
+                ramp_s=3e-6)
 _ELEMENTWISE = OpClass("elementwise", {"default": 0.5}, memory_efficiency=0.8, overhead_s=0.5e-6)
 _REDUCTION = OpClass("reduction", {"default": 0.5}, memory_efficiency=0.7, overhead_s=1e-6)
 _MOVEMENT = OpClass("data-movement", {"default": 0.5}, memory_efficiency=0.5, overhead_s=1e-6)
 _FREE = OpClass("free", {"default": 1.0}, memory_efficiency=1.0, overhead_s=0.0)
 _DEFAULT = OpClass("default", {"default": 0.5}, memory_efficiency=0.6, overhead_s=1e-6)
 
-op_classes: dict[str, OpClass] = {c.name: c for c in (_MATMUL, _ELEMENTWISE, _REDUCTION, _MOVEMENT, _FREE,
+op_classes: dict[str, OpClass] = {c.name: c for c in (_MATMUL, _CONV, _ELEMENTWISE, _REDUCTION, _MOVEMENT, _FREE,
                                                       _DEFAULT)}
 
 _MOVEMENT_PRIMS = """transpose gather scatter scatter-add scatter_add scatter_mul scatter_min scatter_max
@@ -103,7 +112,7 @@ optimization_barrier""".split()
 
 efficiency_rules: dict[str, OpClass] = {
     "dot_general": _MATMUL,
-    "conv_general_dilated": _MATMUL,
+    "conv_general_dilated": _CONV,
     "convert_element_type": _ELEMENTWISE,
     **{p: _ELEMENTWISE for p in ELEMENTWISE},
     **{p: _REDUCTION for p in REDUCTIONS},
@@ -145,6 +154,24 @@ def _check_device(device: Device) -> None:
     bw = getattr(device, "memory_bandwidth", None)
     if bw is None or not bw > 0:
         raise ValueError(f"device.memory_bandwidth: must be bytes/s > 0, got {bw!r}")
+
+
+# Precisions that keep a float32 matmul in full fp32 (no TF32 tensor cores): Precision.HIGHEST on the op, or
+# jax_default_matmul_precision set to one of these when the op says nothing.
+_FULL_FP32 = frozenset({"highest", "float32", "precision.highest", "f32_f32_f32"})
+
+
+def tensor_core_fp32(g: "Graph", op: "Op") -> bool:
+    """Whether a float32 dot/conv may run on TF32 tensor cores: XLA's DEFAULT precision does on NVIDIA GPUs
+    since Ampere (an H200 step of GPT-125M in fp32 ran at 129 TFLOP/s, twice the fp32 peak), HIGHEST does not."""
+    if op.primitive not in ("dot_general", "conv_general_dilated"):
+        return False
+    prec = op.params.get("precision")
+    if prec is None:
+        default = g.annotations.get("default_matmul_precision")
+        return default is None or default not in _FULL_FP32
+    parts = prec if isinstance(prec, (tuple, list)) else (prec,)
+    return not any(str(p).lower() in _FULL_FP32 for p in parts)
 
 
 def _peak(device: Device, dtype: np.dtype) -> float:
@@ -197,12 +224,15 @@ def op_cost(graph: "Graph", op: "Op", device: Device, shards: int = 1,
     cls = efficiency if isinstance(efficiency, OpClass) else rules.get(op.primitive, DEFAULT_CLASS)
 
     flops = op_flops(graph, op) / shards
-    nbytes = _op_bytes(graph, op) / shards
+    traffic = op_traffic(graph, op)
+    nbytes = (_op_bytes(graph, op) if traffic is None else traffic) / shards
     if cls.name == "free" or (flops == 0 and nbytes == 0):
         return OpCost(flops, nbytes, 0.0, "memory")
     dtype = _op_dtype(graph, op)
-    ideal = flops / _peak(device, dtype) if flops > 0 else 0.0
-    eff = cls.compute_eff(dtype_key(dtype))
+    tf32 = tensor_core_fp32(graph, op) and dtype_key(dtype) == "fp32" and device.peak_flops.get("tf32", 0) > 0
+    peak = float(device.peak_flops["tf32"]) if tf32 else _peak(device, dtype)
+    ideal = flops / peak if flops > 0 else 0.0
+    eff = cls.compute_eff("tf32" if tf32 else dtype_key(dtype))
     if cls.ramp_s > 0 and ideal > 0:
         eff *= ideal / (ideal + cls.ramp_s)
     compute_t = ideal / eff if ideal > 0 else 0.0

@@ -12,6 +12,7 @@ import pytest
 from autopar.cli.main import SUBCOMMANDS, main
 from autopar.cost_models.calibration import _fit, catalog_name_for, cluster_from_profile
 from autopar.cost_models.cluster import PROFILE_FORMAT, ClusterSpec
+from autopar.cost_models.compute import op_classes
 
 
 @pytest.mark.parametrize("kind, steps, frac", [("all-reduce", 14, 2 * 7 / 8), ("all-gather", 7, 7 / 8)])
@@ -42,9 +43,13 @@ PROFILE = {"format": PROFILE_FORMAT, "version": 1, "device_name": "A100-SXM4-80G
 def test_profile_replaces_catalog_numbers():
     c = cluster_from_profile(PROFILE)
     assert c.num_devices == 4 and c.device.kind == "gpu"
-    assert c.device.flops_for("float32") == 1.9e13 and c.device.flops_for("bfloat16") == 2.8e14
+    # measured rates are what the model's large kernels achieve: peak x efficiency == measured
+    mm, stream = op_classes["matmul"], op_classes["elementwise"]
+    assert c.device.flops_for("float32") * mm.compute_eff("fp32") == pytest.approx(1.9e13)
+    assert c.device.flops_for("bfloat16") * mm.compute_eff("bf16") == pytest.approx(2.8e14)
     assert c.device.flops_for("int8") == 624e12            # not measured: catalog value kept
-    assert c.device.memory_bandwidth == 1.8e12 and c.device.memory_bytes == 80 * 1024**3
+    assert c.device.memory_bandwidth * stream.memory_efficiency == pytest.approx(1.8e12)
+    assert c.device.memory_bytes == 80 * 1024**3
     (ax,) = c.mesh_axes((4,))
     assert ax.alpha == 1e-5 and ax.bandwidth == 2.2e11
 
@@ -85,7 +90,9 @@ def test_calibrate_quick_cli_writes_loadable_profile(tmp_path):
     assert prof["peak_flops"]["fp32"] == max(prof["raw"]["matmul"]["fp32"].values()) > 0
     assert prof["memory_bandwidth"] > 0 and prof["link"]["bandwidth"] > 0 and prof["link"]["latency"] >= 0
     c = ClusterSpec.from_file(out)
-    assert c.num_devices == 8 and c.device.peak_flops["fp32"] == prof["peak_flops"]["fp32"]
-    assert c.device.memory_bandwidth == prof["memory_bandwidth"]
+    mm, stream = op_classes["matmul"], op_classes["elementwise"]
+    assert c.num_devices == 8
+    assert c.device.peak_flops["fp32"] * mm.compute_eff("fp32") == pytest.approx(prof["peak_flops"]["fp32"])
+    assert c.device.memory_bandwidth * stream.memory_efficiency == pytest.approx(prof["memory_bandwidth"])
     local = ClusterSpec.local(profile=out)
     assert local.links[0].bandwidth == prof["link"]["bandwidth"] and local.num_devices == 8

@@ -51,8 +51,25 @@ def test_matmul_flops_and_bytes_exact(m: int, k: int, n: int) -> None:
     c = op_cost(g, only(g, "dot_general"), DEV, efficiency=NO_RAMP)
     assert c.flops == 2 * m * k * n
     assert c.bytes_accessed == 4 * (m * k + k * n + m * n)
-    expected = max(2 * m * k * n / (19.5e12 * 0.5), c.bytes_accessed / (2.0e12 * 0.8))
+    # float32 at the default precision: TF32 tensor cores (the device has them)
+    expected = max(2 * m * k * n / (156e12 * 0.5), c.bytes_accessed / (2.0e12 * 0.8))
     assert c.time == pytest.approx(expected)
+
+
+def test_fp32_matmul_precision_picks_tf32_or_full_fp32() -> None:
+    a = S((2048, 2048), jnp.float32)
+    flops = 2 * 2048**3
+    g = autopar.trace(lambda x, y: x @ y, a, a)
+    assert op_cost(g, only(g, "dot_general"), DEV, efficiency=NO_RAMP).time == pytest.approx(flops / (156e12 * 0.5))
+    hi = autopar.trace(lambda x, y: jnp.dot(x, y, precision="highest"), a, a)
+    assert op_cost(hi, only(hi, "dot_general"), DEV, efficiency=NO_RAMP).time == pytest.approx(flops / (19.5e12 * 0.5))
+    with jax.default_matmul_precision("highest"):
+        cfg = autopar.trace(lambda x, y: x @ y, a, a)
+    assert op_cost(cfg, only(cfg, "dot_general"), DEV, efficiency=NO_RAMP).time == pytest.approx(
+        flops / (19.5e12 * 0.5))
+    no_tf32 = FakeDevice(peak_flops={"fp32": 15.7e12, "bf16": 15.7e12})     # V100-like: fp32 on CUDA cores
+    assert op_cost(g, only(g, "dot_general"), no_tf32, efficiency=NO_RAMP).time == pytest.approx(
+        flops / (15.7e12 * 0.5))
 
 
 def test_big_matmul_is_compute_bound_add_is_memory_bound() -> None:

@@ -3,8 +3,10 @@
 stage 1 shards the optimizer state: gradients are all-reduced (every device holds all of them) and each
 device updates its shard of the state, then the new parameters are all-gathered; stage 2 also shards the
 gradients (reduce-scatter instead of all-reduce); stage 3 also shards the parameters (all-gathered where the
-forward and backward pass read them, never gathered after the update). Planned for ``dgx-a100`` (8 GPUs),
-compiled on the 8 local fake CPU devices.
+forward and backward pass read them, never gathered after the update). Planned for ``p3.16xlarge`` (8 V100s,
+fp32 matmuls on CUDA cores, so batch-parallel matmuls pay off at these small sizes; on A100s TF32 makes them
+launch-bound and the planner rightly prefers fewer collectives to sharded compute), compiled on the 8 local
+fake CPU devices.
 
 XLA's CPU pipeline has no reduce-scatter of its own: it lowers a reduce-scatter as an all-reduce whose
 readers slice their shard (``dynamic-slice``), so on CPU the stage-2 program holds the same collectives and
@@ -41,7 +43,7 @@ def _setup() -> tuple[Any, Any, Any]:
 @functools.lru_cache(maxsize=None)
 def _planned(stage: int) -> tuple[IntraOpResult, Any]:
     step, args, graph = _setup()
-    res = plan_intra_op(graph, autopar.ClusterSpec.preset("dgx-a100"), autopar.ZeroParallel(stage))
+    res = plan_intra_op(graph, autopar.ClusterSpec.preset("p3.16xlarge"), autopar.ZeroParallel(stage))
     compiled = autopar.parallelize(step, plan=res.plan, batch_argnums=(1,)).lower(*args).compile()
     return res, compiled
 

@@ -121,6 +121,12 @@ class _Builder:
         return Graph(ops=ops, tensors=tensors, inputs=tuple(inputs), outputs=tuple(outputs), **graph_kw)
 
 
+
+def _default_matmul_precision() -> str | None:
+    """``jax_default_matmul_precision`` at trace time, lower-case (None: the backend default)."""
+    value = jax.config.jax_default_matmul_precision
+    return None if value is None else str(value).lower()
+
 def _layer_of(stack: str) -> int | None:
     found = _LAYER_RE.findall(stack)
     return int(found[-1]) if found else None
@@ -225,6 +231,8 @@ def trace(fn: Callable[..., Any], *args: Any, static_argnums: int | Sequence[int
         "batch_argnums": batch,
         "donate_argnums": donate,
         "remat_regions": b.remat_regions,
+        # what a dot with precision=None runs at (None: the backend's default; "highest"/"float32": full fp32)
+        "default_matmul_precision": _default_matmul_precision(),
     }
     return b.freeze(inputs, outputs,
                     in_tree=jax.tree_util.tree_structure(tuple(a for _, a in dynamic)),

@@ -29,6 +29,7 @@ import numpy as np
 
 from autopar.cost_models.collectives import collective_time
 from autopar.cost_models.compute import op_cost
+from autopar.cost_models.traffic import traffic_key
 from autopar.cost_models.memory import FUSIBLE, last_uses, materialised
 from autopar.ir.graph import Graph, Role
 from autopar.planner.layer_ties import input_ties, op_ties, state_ties
@@ -330,13 +331,14 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
 
     def cost_key(op: Any) -> tuple[Any, ...]:
         """Ops with equal keys have equal roofline costs. Elementwise followers: the roofline reads only the
-        primitive and its operands' shapes, dtypes and constness (no params), so every layer's and every
-        optimizer update's copy shares one entry; other ops: their layer-tie representative."""
+        primitive, its operands' shapes, dtypes and constness (no params) and which of them fusion sends
+        through memory (``traffic_key``), so every layer's and every optimizer update's copy shares one
+        entry; other ops: their layer-tie representative (and traffic pattern)."""
         consts = tuple(graph.tensors[t].value is not None for t in op.inputs)
         if op.primitive in FOLLOWERS and not op.subgraphs:
             sig = tuple((graph.tensors[t].shape, graph.tensors[t].dtype) for t in (*op.inputs, *op.outputs))
-            return (op.primitive, sig, consts)
-        return (rep_of(op), consts)
+            return (op.primitive, sig, consts, traffic_key(graph, op))
+        return (rep_of(op), consts, traffic_key(graph, op))
 
     def compute_time(op: Any, shards: int, key: tuple[Any, ...] | None = None) -> float:
         key = (key or cost_key(op), shards)
