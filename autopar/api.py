@@ -40,7 +40,10 @@ def _signature(args: Sequence[Any], static: tuple[int, ...]) -> Any:
             parts.append(("static", a))
         else:
             leaves, tree = jax.tree_util.tree_flatten(a)
-            parts.append((tree, tuple((tuple(np.shape(x)), str(getattr(x, "dtype", type(x)))) for x in leaves)))
+            # dtype objects, not their names: str(dtype) is a Python-level numpy call, and this runs per leaf on
+            # every call of a ParallelFunction (it was 4 of its 8 ms of overhead for an 87-leaf train state)
+            parts.append((tree, tuple((x.shape, x.dtype) if isinstance(x, jax.Array)
+                                      else (tuple(np.shape(x)), getattr(x, "dtype", type(x))) for x in leaves)))
     return tuple(parts)
 
 
