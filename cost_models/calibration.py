@@ -28,8 +28,8 @@ from autopar.cost_models.compute import op_classes
 from autopar.cost_models.hardware import DEVICES, DeviceSpec, device
 from autopar.cost_models.links import LinkSpec
 
-__all__ = ["PROFILE_FORMAT", "calibrate", "catalog_name_for", "catalog_node", "cluster_from_profile", "local_cluster",
-           "load_profile", "write_profile"]
+__all__ = ["PROFILE_FORMAT", "calibrate", "catalog_name_for", "catalog_node", "cluster_from_profile",
+           "local_cluster", "load_profile", "write_profile"]
 
 GB = 1e9
 

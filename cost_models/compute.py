@@ -14,10 +14,10 @@ flops come from ``autopar.ir.flops.op_flops`` (exact for dot_general and conv); 
 through device memory once XLA has fused it (``cost_models.traffic``: a chain of elementwise ops reads its
 inputs and writes the results read outside it, not every intermediate; scalar constants are free). A float32
 dot or convolution at the default precision runs on TF32 tensor cores where the device has them
-(``tensor_core_fp32``; ``Precision.HIGHEST`` or ``jax_default_matmul_precision="highest"`` keeps full fp32). Efficiencies and overheads are per op class, in
-one table (``op_classes`` / ``efficiency_rules``) so calibration can replace them. Matmul-like ops get a
-size ramp: ``eff = eff_max * t / (t + ramp_s)`` with ``t`` the ideal time at peak, i.e. an extra ``ramp_s``
-of fill/drain (tile quantisation, wave tail) that makes small GEMMs reach a small fraction of peak.
+(``tensor_core_fp32``; ``Precision.HIGHEST`` or ``jax_default_matmul_precision="highest"`` keeps full fp32).
+Efficiencies and overheads are per op class, in one table (``op_classes`` / ``efficiency_rules``) so
+calibration can replace them. Matmul-like ops get a size ramp: ``eff = eff_max * t / (t + ramp_s)`` with ``t``
+the ideal time at peak, i.e. an extra ``ramp_s`` of fill/drain (tile quantisation, wave tail) that makes small GEMMs reach a small fraction of peak.
 
 Structured ops cost their bodies: scan = length x body, while = one iteration of cond + body (trip count
 unknown statically), cond = the costliest branch. XLA fuses chains of elementwise ops into one kernel, so
@@ -101,8 +101,8 @@ _MOVEMENT = OpClass("data-movement", {"default": 0.5}, memory_efficiency=0.5, ov
 _FREE = OpClass("free", {"default": 1.0}, memory_efficiency=1.0, overhead_s=0.0)
 _DEFAULT = OpClass("default", {"default": 0.5}, memory_efficiency=0.6, overhead_s=1e-6)
 
-op_classes: dict[str, OpClass] = {c.name: c for c in (_MATMUL, _CONV, _ELEMENTWISE, _REDUCTION, _MOVEMENT, _FREE,
-                                                      _DEFAULT)}
+op_classes: dict[str, OpClass] = {c.name: c for c in (_MATMUL, _CONV, _ELEMENTWISE, _REDUCTION, _MOVEMENT,
+                                                      _FREE, _DEFAULT)}
 
 _MOVEMENT_PRIMS = """transpose gather scatter scatter-add scatter_add scatter_mul scatter_min scatter_max
 dynamic_slice dynamic_update_slice slice pad concatenate sort rev select_and_scatter_add

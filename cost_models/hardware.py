@@ -105,8 +105,8 @@ class DeviceSpec:
         """Peak flop/s for operations in ``dtype``.
 
         float32 uses the fp32 peak; ``matmul=True`` lets a float32 matmul use TF32 tensor cores where the
-        device has them (the compute model asks for it at XLA's default precision on GPUs, see
-        ``compute.tensor_core_fp32``). Missing classes fall back
+        device has them (what XLA's default precision does on NVIDIA GPUs; ``compute.tensor_core_fp32`` decides
+        it per op). Missing classes fall back
         along ``_FALLBACKS`` (fp8 -> bf16, int -> int8 -> fp32, ...).
         """
         cls = dtype_class(dtype)

@@ -121,11 +121,11 @@ class _Builder:
         return Graph(ops=ops, tensors=tensors, inputs=tuple(inputs), outputs=tuple(outputs), **graph_kw)
 
 
-
 def _default_matmul_precision() -> str | None:
     """``jax_default_matmul_precision`` at trace time, lower-case (None: the backend default)."""
     value = jax.config.jax_default_matmul_precision
     return None if value is None else str(value).lower()
+
 
 def _layer_of(stack: str) -> int | None:
     found = _LAYER_RE.findall(stack)

@@ -15,7 +15,8 @@ tight constraints ``sum_j e[i, j] = x[u, i]`` and ``sum_i e[i, j] = x[v, j]``; m
 folded away by the reductions).
 
 Backend "ortools" is OR-Tools' MIP interface (pywraplp) with SCIP, single-threaded and deterministic, on the
-float model, stopped at a relative gap of ``MIP_RELATIVE_GAP`` (1e-4), started from a greedy hint (each node's cheapest strategy) so a time limit always leaves an
+float model, stopped at a relative gap of ``MIP_RELATIVE_GAP`` (1e-4), started from a greedy hint (each
+node's cheapest strategy) so a time limit always leaves an
 incumbent when the hint fits the memory budget. A caller's ``hint`` (a warm start: another mesh's plan
 embedded, see ``shard_parallel.embed_choices``) replaces it when cheaper, after coordinate-descent polishing
 (``_polish``); a hint that fits is also a floor: a time-limited solve returns it when the solver found
