@@ -79,18 +79,22 @@ def _build(spec: tuple[str, dict[str, Any]], *, abstract: bool) -> tuple[Callabl
     return getattr(importlib.import_module(module), fn)(**kwargs)
 
 
-def _best_step_time(run: Callable[[Any], Any], state: Any, batch: Any, steps: int) -> float:
-    """One warm-up step (compiles), then the fastest of ``steps`` steps; the state is threaded through."""
+def best_step_time(run: Callable[[Any, Any], Any], state: Any, batch: Any, repeats: int, *,
+                   steps_per_timing: int = 1, warmup: int = 1) -> float:
+    """Seconds per step: ``warmup`` untimed steps (compile, settle the state's sharding), then the fastest of
+    ``repeats`` timings of ``steps_per_timing`` steps each; the state is threaded through (it may be donated)."""
     import jax
 
-    loss, state = run(state, batch)
-    jax.block_until_ready((loss, state))
-    best = float("inf")
-    for _ in range(steps):
-        t0 = time.perf_counter()
+    for _ in range(warmup):
         loss, state = run(state, batch)
+    jax.block_until_ready(state)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps_per_timing):
+            loss, state = run(state, batch)
         jax.block_until_ready((loss, state))
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, (time.perf_counter() - t0) / steps_per_timing)
     return best
 
 
@@ -119,9 +123,9 @@ def measure_case(name: str, spec: tuple[str, dict[str, Any]], *, profile: str | 
     report = autopar.audit(step, state, batch, plan=plan, batch_argnums=1, donate_argnums=0)
     log(f"{name}: timing the emitted program")
     pfn = autopar.parallelize(step, plan=plan, batch_argnums=(1,), donate_argnums=(0,))
-    measured = _best_step_time(pfn, jax.tree.map(lambda x: x.copy(), state), batch, steps)
+    measured = best_step_time(pfn, jax.tree.map(lambda x: x.copy(), state), batch, steps)
     log(f"{name}: timing jax.jit")
-    jitted = _best_step_time(jax.jit(step, donate_argnums=0), jax.tree.map(lambda x: x.copy(), state), batch, steps)
+    jitted = best_step_time(jax.jit(step, donate_argnums=0), jax.tree.map(lambda x: x.copy(), state), batch, steps)
     est = plan.estimate
     d0 = jax.devices()[0]
     return Record(name, d0.platform, getattr(d0, "device_kind", d0.platform), len(jax.devices()),
