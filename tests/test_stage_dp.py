@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from typing import Any
 
 import pytest
 
@@ -135,3 +136,32 @@ def test_microbatch_walk_goes_downhill_from_the_best_grid_point() -> None:
     assert next_microbatch_count({1: 2.0, 6: 3.0}, 6) == [2]                     # only divisors of the batch
     many = {2 ** i: float(10 - i) for i in range(MAX_MICROBATCH_COUNTS)}
     assert next_microbatch_count(many, 1024) == []                              # at most 7 counts
+
+
+def test_identical_stages_and_repeated_layouts_share_intra_op_plans() -> None:
+    """One ILP per distinct stage, whatever microbatches each stage keeps in flight; a second layout of the same
+    graph (the stage search plans several) solves nothing new, and its plan equals the one planned without the
+    cache."""
+    import dataclasses
+
+    import autopar
+    from autopar.planner.pipelined import plan_fixed
+    from autopar.planner.pipeshard import IntraOpCache
+    from bench.models import gpt
+
+    step, args = gpt.gpt(64, 6, 4, seq=32, vocab=256, batch_size=4)       # 7 layers: 6 blocks, then the head
+    graph = autopar.trace(step, *args, batch_argnums=1)
+    cluster = dataclasses.replace(autopar.ClusterSpec.preset("p3.16xlarge", nodes=1), devices_per_node=8)
+
+    def layout(remat: bool, cache: IntraOpCache | None) -> Any:
+        return plan_fixed(graph, cluster, "auto", [2, 1, 1, 1, 2], [1] * 5, [(1,)] * 5, [remat] * 5, 4, "1f1b",
+                          None, "ortools", None, autopar.PipeshardParallel(), cache=cache)
+
+    cache = IntraOpCache()
+    layout(False, cache)
+    assert cache.solved == 3                  # the first two blocks, one middle block (x3), the last block + head
+    shared = layout(True, cache)
+    assert cache.solved == 3
+    alone = layout(True, None)
+    assert shared.plan.estimate == alone.plan.estimate
+    assert shared.plan.stages == alone.plan.stages

@@ -10,7 +10,9 @@ caller asks for. Constants are copied in. The parent Graph is never changed.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
 
 from autopar.ir.graph import Graph, Role, Tensor
 
@@ -90,10 +92,15 @@ def structure_key(g: Graph) -> str:
     import hashlib
 
     h = hashlib.sha256()
+    names: dict[Any, str] = {}             # str(dtype) is slow; a graph has a handful of dtypes
     for t in g.tensors:
-        h.update(f"{t.shape}{t.dtype}{t.role.value}{t.producer}{t.is_output}{t.donated};".encode())
+        dt = names.get(t.dtype)
+        if dt is None:
+            dt = names[t.dtype] = str(t.dtype)
+        h.update(f"{t.shape}{dt}{t.role.value}{t.producer}{t.is_output}{t.donated};".encode())
         if t.value is not None and t.size <= 16:
-            h.update(repr(t.value).encode())
+            v = t.value
+            h.update(v.tobytes() if isinstance(v, np.ndarray) else repr(v).encode())
     h.update(f"{g.inputs}{g.outputs}".encode())
     for op in g.ops:
         h.update(f"{op.primitive}{op.inputs}{op.outputs}{op.section.value}".encode())

@@ -19,7 +19,7 @@ from autopar.cost_models.cluster import ClusterSpec
 from autopar.ir.graph import Graph
 from autopar.methods import Manual3D, Method, PipeshardParallel, ShardParallel
 from autopar.pipeline.layers import balanced_split, layer_flops, op_layers
-from autopar.planner.pipeshard import StagedResult, StageLayout, plan_stages
+from autopar.planner.pipeshard import IntraOpCache, StagedResult, StageLayout, plan_stages
 from autopar.planner.problem import InfeasibleMemoryError, SolverTimeLimitError
 
 TraceAt = Callable[[int], Graph]
@@ -42,7 +42,8 @@ def microbatch_candidates(batch: int, at_least: int = 1, most: int = 6) -> list[
 def plan_fixed(graph: Graph, cluster: ClusterSpec, layers_opt: str | int, stage_layer_counts: list[int] | int,
                devices: list[int], logical: list[tuple[int, ...] | None], remat: list[bool], m: int, schedule: str,
                memory_budget: float | None, solver: str, time_limit_s: float | None, method: Method,
-               batch_on_first_axis: bool | tuple[bool, ...] = False) -> StagedResult:
+               batch_on_first_axis: bool | tuple[bool, ...] = False,
+               cache: IntraOpCache | None = None) -> StagedResult:
     layers = op_layers(graph, layers_opt)
     k = max((l for l in layers if l is not None), default=-1) + 1
     if isinstance(stage_layer_counts, int):
@@ -64,7 +65,7 @@ def plan_fixed(graph: Graph, cluster: ClusterSpec, layers_opt: str | int, stage_
     opts["layers"] = layers_opt
     return plan_stages(graph, cluster, layout, num_microbatches=m, schedule=schedule, op_layer=layers,
                        memory_budget=memory_budget, solver=solver, time_limit_s=time_limit_s,
-                       method_name=method.name, method_options=opts)
+                       method_name=method.name, method_options=opts, cache=cache)
 
 
 def _equal_devices(n: int, p: int) -> list[int]:

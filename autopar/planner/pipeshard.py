@@ -68,6 +68,31 @@ class StagedResult:
     stages: tuple[IntraOpResult, ...]
 
 
+class IntraOpCache:
+    """Intra-op plans of stage and layer sub-graphs, shared by every layout one search plans (and by the stages
+    of one layout): keyed by the sub-graph's ``structure_key``, the sub-mesh, the stage method, the memory
+    budget and the solver settings. A plan that failed is remembered as its error and raised again."""
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple[Any, ...], IntraOpResult | Exception] = {}
+        self.solved = 0
+
+    def plan(self, structure: str, graph: Graph, cluster: ClusterSpec, method: ShardParallel, budget: float,
+             solver: str, time_limit_s: float | None) -> IntraOpResult:
+        key = (structure, cluster.nodes, cluster.devices_per_node, method, budget, solver, time_limit_s)
+        if key not in self._memo:
+            self.solved += 1
+            try:
+                self._memo[key] = plan_intra_op(graph, cluster, method, memory_budget=budget, solver=solver,
+                                                time_limit_s=time_limit_s)
+            except (InfeasibleMemoryError, SolverTimeLimitError, ValueError) as e:
+                self._memo[key] = e
+        got = self._memo[key]
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+
 def submesh_cluster(cluster: ClusterSpec, n: int) -> ClusterSpec:
     """The part of ``cluster`` a stage of ``n`` devices runs on (within one node, or whole nodes)."""
     dpn = cluster.devices_per_node
@@ -101,8 +126,10 @@ def stage_subgraph(split: StageSplit, stage: int) -> Subgraph:
 def plan_stages(graph: Graph, cluster: ClusterSpec, layout: StageLayout, *, num_microbatches: int,
                 schedule: str, op_layer: Sequence[int | None] | None = None, memory_budget: float | None = None,
                 solver: str = "ortools", time_limit_s: float | None = None, method_name: str = "pipeshard",
-                method_options: dict[str, Any] | None = None) -> StagedResult:
+                method_options: dict[str, Any] | None = None, cache: IntraOpCache | None = None) -> StagedResult:
+    """``cache``: intra-op plans to share with other layouts of the same graph (a search passes one)."""
     start = time.perf_counter()
+    cache = cache if cache is not None else IntraOpCache()
     if sum(layout.device_counts) > cluster.num_devices:
         raise ValueError(f"the stages use {sum(layout.device_counts)} devices but the cluster has "
                          f"{cluster.num_devices}")
@@ -120,13 +147,14 @@ def plan_stages(graph: Graph, cluster: ClusterSpec, layout: StageLayout, *, num_
         n = layout.device_counts[s]
         sub = stage_subgraph(split, s)
         keep = in_flight(schedule, layout.num_stages, m, s)
-        key = (structure_key(sub.graph), n, layout.logical_meshes[s], keep, layout.remat[s], layout.batch_first(s))
+        structure = structure_key(sub.graph)
+        key = (structure, n, layout.logical_meshes[s], keep, layout.remat[s], layout.batch_first(s))
         if key not in memo:   # structurally identical stages (the middle of a deep model) are planned once
             stage_method = (DataTensorShard(mesh_shape=layout.logical_meshes[s]) if layout.batch_first(s)
                             else ShardParallel(mesh_shape=layout.logical_meshes[s]))
             try:
-                memo[key] = _plan_stage(split, s, sub, submesh_cluster(cluster, n), stage_method,
-                                        keep, layout.remat[s], m, limit, solver, time_limit_s)
+                memo[key] = _plan_stage(split, s, sub, structure, submesh_cluster(cluster, n), stage_method,
+                                        keep, layout.remat[s], m, limit, solver, time_limit_s, cache)
             except InfeasibleMemoryError as e:
                 a, b = layout.layer_ranges[s]
                 raise InfeasibleMemoryError(f"stage {s} (layers {a}..{b - 1} on {n} devices): {e}",
@@ -172,21 +200,19 @@ def plan_stages(graph: Graph, cluster: ClusterSpec, layout: StageLayout, *, num_
     return StagedResult(plan=plan, split=split, stages=tuple(results))
 
 
-def _plan_stage(split: StageSplit, s: int, sub: Subgraph, cluster: ClusterSpec, method: ShardParallel, keep: int,
-                remat: bool,
-                m: int, limit: float, solver: str, time_limit_s: float | None) -> IntraOpResult:
+def _plan_stage(split: StageSplit, s: int, sub: Subgraph, structure: str, cluster: ClusterSpec,
+                method: ShardParallel, keep: int, remat: bool, m: int, limit: float, solver: str,
+                time_limit_s: float | None, cache: IntraOpCache) -> IntraOpResult:
     """The stage's fastest intra-op plan; when it, with the microbatches it keeps in flight, is over ``limit``,
     planned again with the one-microbatch budget reduced by what they hold."""
-    res = plan_intra_op(sub.graph, cluster, method, memory_budget=math.inf, solver=solver,
-                        time_limit_s=time_limit_s)
+    res = cache.plan(structure, sub.graph, cluster, method, math.inf, solver, time_limit_s)
     specs = _parent_specs(sub, res)
     held = max(keep - 1, 0) * _stash_bytes(split, s, specs, res, remat) + (
         _averaged_bytes(split, s, specs, res) if m > 1 else 0.0)
     if res.plan.estimate.peak_memory_bytes + held <= limit or held >= limit:
         return res
     try:
-        return plan_intra_op(sub.graph, cluster, method, memory_budget=limit - held,
-                             solver=solver, time_limit_s=time_limit_s)
+        return cache.plan(structure, sub.graph, cluster, method, limit - held, solver, time_limit_s)
     except (InfeasibleMemoryError, SolverTimeLimitError):
         return res     # reported by the caller with the stage's full need
 

@@ -37,10 +37,9 @@ from autopar.ir.subgraph import structure_key
 from autopar.methods import PipeshardParallel, ShardParallel
 from autopar.pipeline.layers import balanced_split, layer_flops, op_layers
 from autopar.pipeline.partition import split_stages
-from autopar.planner.pipeshard import (DataTensorShard, StagedResult, _compute_of, _parent_specs, _stash_bytes,
-                                       stage_subgraph, submesh_cluster)
+from autopar.planner.pipeshard import (DataTensorShard, IntraOpCache, StagedResult, _compute_of, _parent_specs,
+                                       _stash_bytes, stage_subgraph, submesh_cluster)
 from autopar.planner.problem import InfeasibleMemoryError, SolverTimeLimitError
-from autopar.planner.shard_parallel import plan_intra_op
 
 INF = float("inf")
 T_MAX_GRID = 24
@@ -84,7 +83,8 @@ def submesh_options(cluster: ClusterSpec, megatron: bool = True) -> list[MeshOpt
 
 
 def layer_costs(graph: Graph, layers: list[int | None], cluster: ClusterSpec, options: list[MeshOption],
-                limit: float, solver: str, time_limit_s: float | None) -> tuple[list[list[LayerCost | None]], int]:
+                limit: float, solver: str, time_limit_s: float | None,
+                cache: IntraOpCache | None = None) -> tuple[list[list[LayerCost | None]], int]:
     """costs[layer][option variant] (None where the layer does not fit), and the number of ILPs solved.
 
     Each (devices, mesh) option has two variants: the layer's fastest plan, and its plan within its fair share
@@ -96,6 +96,7 @@ def layer_costs(graph: Graph, layers: list[int | None], cluster: ClusterSpec, op
                             if graph.tensors[t].role.value == "parameter")) or 1.0
     memo: dict[tuple[str, int, float], LayerCost | None] = {}
     solved = 0
+    cache = cache if cache is not None else IntraOpCache()
 
     def cost(sub: Any, key: str, l: int, oi: int, budget: float) -> LayerCost | None:
         nonlocal solved
@@ -104,8 +105,8 @@ def layer_costs(graph: Graph, layers: list[int | None], cluster: ClusterSpec, op
             opt = options[oi]
             method = DataTensorShard(mesh_shape=opt.mesh) if opt.batch_first else ShardParallel(mesh_shape=opt.mesh)
             try:
-                res = plan_intra_op(sub.graph, submesh_cluster(cluster, opt.devices), method,
-                                    memory_budget=budget, solver=solver, time_limit_s=time_limit_s)
+                res = cache.plan(key, sub.graph, submesh_cluster(cluster, opt.devices), method, budget, solver,
+                                 time_limit_s)
             except (InfeasibleMemoryError, ValueError, SolverTimeLimitError):   # a timeout counts as no plan
                 memo[(key, oi, budget)] = None
             else:
@@ -253,11 +254,14 @@ def search_stages(trace_at: Callable[[int], Graph], batch: int, cluster: Cluster
         graph = trace_at(m)
         t1 = time.perf_counter()
         layers = op_layers(graph, method.layers)
-        costs, solved = layer_costs(graph, layers, cluster, options, limit, solver, time_limit_s)
+        cache = IntraOpCache()              # one per traced graph: layer and stage plans shared by every layout
+        costs, solved = layer_costs(graph, layers, cluster, options, limit, solver, time_limit_s, cache)
         t2 = time.perf_counter()
-        search = _LayoutSearch(graph, cluster, method, costs, variants, m, limit, memory_budget, solver, time_limit_s)
+        search = _LayoutSearch(graph, cluster, method, costs, variants, m, limit, memory_budget, solver, time_limit_s,
+                               cache)
         res = search.best(list(layer_flops(graph, layers)))
-        log.append({"num_microbatches": m, "layer_ilps": solved, "trace_time_s": t1 - t0, "layer_time_s": t2 - t1,
+        log.append({"num_microbatches": m, "layer_ilps": solved, "ilps": cache.solved, "trace_time_s": t1 - t0,
+                    "layer_time_s": t2 - t1,
                     "stage_plan_time_s": time.perf_counter() - t2, **search.entry})
         tried[m] = res.plan.estimate.step_time_s if res is not None else INF
         if res is not None and (best is None
@@ -302,6 +306,7 @@ class _LayoutSearch:
     memory_budget: float | None
     solver: str
     time_limit_s: float | None
+    cache: IntraOpCache
 
     def __post_init__(self) -> None:
         self.entry: dict[str, Any] = {"rounds": 0}
@@ -331,7 +336,7 @@ class _LayoutSearch:
         return plan_fixed(self.graph, self.cluster, self.method.layers, stages, [o.devices for o in opts],
                           [o.mesh for o in opts], remat, self.m, self.method.schedule, self.memory_budget,
                           self.solver, self.time_limit_s, self.method,
-                          batch_on_first_axis=tuple(o.batch_first for o in opts))
+                          batch_on_first_axis=tuple(o.batch_first for o in opts), cache=self.cache)
 
     def plan(self, stages: list[int] | int, opts: list[MeshOption], remat: list[bool]) -> StagedResult | None:
         """``exact``, or None when it does not fit or was planned already."""
