@@ -162,6 +162,10 @@ def test_identical_stages_and_repeated_layouts_share_intra_op_plans() -> None:
     assert cache.solved == 3                  # the first two blocks, one middle block (x3), the last block + head
     shared = layout(True, cache)
     assert cache.solved == 3
-    alone = layout(True, None)
+    alone = layout(True, IntraOpCache())
     assert shared.plan.estimate == alone.plan.estimate
     assert shared.plan.stages == alone.plan.stages
+    small = IntraOpCache(max_entries=1)             # least recently used dropped: every distinct stage again
+    layout(False, small)
+    layout(True, small)
+    assert small.solved == 6

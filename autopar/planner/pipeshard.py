@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -69,28 +69,39 @@ class StagedResult:
 
 
 class IntraOpCache:
-    """Intra-op plans of stage and layer sub-graphs, shared by every layout one search plans (and by the stages
-    of one layout): keyed by the sub-graph's ``structure_key``, the sub-mesh, the stage method, the memory
-    budget and the solver settings. A plan that failed is remembered as its error and raised again."""
+    """Intra-op plans of stage and layer sub-graphs, shared by the stages of one layout, by every layout a
+    search plans and by later plans of the same model (a Manual3D grid, ``remat="full"`` after ``"none"``):
+    keyed by the sub-graph's ``structure_key`` and annotations, the sub-mesh's cluster, the stage method, the
+    memory budget and the solver settings. A plan that failed is remembered as its error and raised again.
+    The least recently used entries beyond ``max_entries`` are dropped."""
 
-    def __init__(self) -> None:
-        self._memo: dict[tuple[Any, ...], IntraOpResult | Exception] = {}
+    def __init__(self, max_entries: int = 256) -> None:
+        self._memo: OrderedDict[tuple[Any, ...], IntraOpResult | Exception] = OrderedDict()
+        self.max_entries = max_entries
         self.solved = 0
 
     def plan(self, structure: str, graph: Graph, cluster: ClusterSpec, method: ShardParallel, budget: float,
              solver: str, time_limit_s: float | None) -> IntraOpResult:
-        key = (structure, cluster.nodes, cluster.devices_per_node, method, budget, solver, time_limit_s)
-        if key not in self._memo:
+        key = (structure, repr(sorted(graph.annotations.items())), cluster, method, budget, solver, time_limit_s)
+        if key in self._memo:
+            self._memo.move_to_end(key)
+        else:
             self.solved += 1
             try:
                 self._memo[key] = plan_intra_op(graph, cluster, method, memory_budget=budget, solver=solver,
                                                 time_limit_s=time_limit_s)
             except (InfeasibleMemoryError, SolverTimeLimitError, ValueError) as e:
                 self._memo[key] = e
+            while len(self._memo) > self.max_entries:
+                self._memo.popitem(last=False)
         got = self._memo[key]
         if isinstance(got, Exception):
             raise got
         return got
+
+
+# the cache plans use when their caller passes none: one per process
+SHARED_CACHE = IntraOpCache()
 
 
 def submesh_cluster(cluster: ClusterSpec, n: int) -> ClusterSpec:
@@ -127,9 +138,9 @@ def plan_stages(graph: Graph, cluster: ClusterSpec, layout: StageLayout, *, num_
                 schedule: str, op_layer: Sequence[int | None] | None = None, memory_budget: float | None = None,
                 solver: str = "ortools", time_limit_s: float | None = None, method_name: str = "pipeshard",
                 method_options: dict[str, Any] | None = None, cache: IntraOpCache | None = None) -> StagedResult:
-    """``cache``: intra-op plans to share with other layouts of the same graph (a search passes one)."""
+    """``cache``: where stage plans are looked up and kept (default: the process's ``SHARED_CACHE``)."""
     start = time.perf_counter()
-    cache = cache if cache is not None else IntraOpCache()
+    cache = cache if cache is not None else SHARED_CACHE
     if sum(layout.device_counts) > cluster.num_devices:
         raise ValueError(f"the stages use {sum(layout.device_counts)} devices but the cluster has "
                          f"{cluster.num_devices}")

@@ -37,8 +37,8 @@ from autopar.ir.subgraph import structure_key
 from autopar.methods import PipeshardParallel, ShardParallel
 from autopar.pipeline.layers import balanced_split, layer_flops, op_layers
 from autopar.pipeline.partition import split_stages
-from autopar.planner.pipeshard import (DataTensorShard, IntraOpCache, StagedResult, _compute_of, _parent_specs,
-                                       _stash_bytes, stage_subgraph, submesh_cluster)
+from autopar.planner.pipeshard import (SHARED_CACHE, DataTensorShard, IntraOpCache, StagedResult, _compute_of,
+                                       _parent_specs, _stash_bytes, stage_subgraph, submesh_cluster)
 from autopar.planner.problem import InfeasibleMemoryError, SolverTimeLimitError
 
 INF = float("inf")
@@ -96,7 +96,7 @@ def layer_costs(graph: Graph, layers: list[int | None], cluster: ClusterSpec, op
                             if graph.tensors[t].role.value == "parameter")) or 1.0
     memo: dict[tuple[str, int, float], LayerCost | None] = {}
     solved = 0
-    cache = cache if cache is not None else IntraOpCache()
+    cache = cache if cache is not None else SHARED_CACHE
 
     def cost(sub: Any, key: str, l: int, oi: int, budget: float) -> LayerCost | None:
         nonlocal solved
@@ -254,13 +254,13 @@ def search_stages(trace_at: Callable[[int], Graph], batch: int, cluster: Cluster
         graph = trace_at(m)
         t1 = time.perf_counter()
         layers = op_layers(graph, method.layers)
-        cache = IntraOpCache()              # one per traced graph: layer and stage plans shared by every layout
+        cache, before = SHARED_CACHE, SHARED_CACHE.solved   # layer and stage plans shared by every layout
         costs, solved = layer_costs(graph, layers, cluster, options, limit, solver, time_limit_s, cache)
         t2 = time.perf_counter()
         search = _LayoutSearch(graph, cluster, method, costs, variants, m, limit, memory_budget, solver, time_limit_s,
                                cache)
         res = search.best(list(layer_flops(graph, layers)))
-        log.append({"num_microbatches": m, "layer_ilps": solved, "ilps": cache.solved, "trace_time_s": t1 - t0,
+        log.append({"num_microbatches": m, "layer_ilps": solved, "ilps": cache.solved - before, "trace_time_s": t1 - t0,
                     "layer_time_s": t2 - t1,
                     "stage_plan_time_s": time.perf_counter() - t2, **search.entry})
         tried[m] = res.plan.estimate.step_time_s if res is not None else INF
