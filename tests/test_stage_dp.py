@@ -169,3 +169,42 @@ def test_identical_stages_and_repeated_layouts_share_intra_op_plans() -> None:
     layout(False, small)
     layout(True, small)
     assert small.solved == 6
+
+
+def test_megatron_layouts_that_do_not_fit_do_not_end_the_search() -> None:
+    """The Megatron-shaped layouts are planned fastest-first by their layer-cost estimate; one whose exact plan
+    does not fit only uses a try, so the layout after it (the one Manual3D would find) is still planned, and
+    the bound then follows the fastest exact plan."""
+    from types import SimpleNamespace
+
+    import autopar
+    from autopar.planner.stage_dp import UNIFORM_MARGIN, MeshOption, _LayoutSearch
+
+    variants = [MeshOption(n, (n,)) for n, _ in OPTIONS for _ in ("fast", "lean")]
+    costs = [[c for c in row for _ in ("fast", "lean")] for row in _costs(random.Random(3), 4)]
+
+    class Search(_LayoutSearch):
+        def plan(self, stages: Any, opts: list[MeshOption], remat: list[bool]) -> Any:
+            self.tried.add(self._key(stages, opts, remat))
+            attempts.append(opts[0].devices)
+            if len(attempts) <= 2:                   # the two best by estimate do not fit exactly
+                return None
+            step = {1: 9.0, 2: 8.0, 4: 7.0}[opts[0].devices]
+            return SimpleNamespace(plan=SimpleNamespace(estimate=SimpleNamespace(step_time_s=step)))
+
+    attempts: list[int] = []
+    cluster = SimpleNamespace(num_devices=4)
+    search = Search(None, cluster, autopar.PipeshardParallel(), costs, variants, 4, 1e9, None, "ortools", None,
+                    None)                                                      # type: ignore[arg-type]
+    found = search.uniform_layouts([1.0] * 4, float("inf"))
+    log = search.entry["uniform"]
+    ranked = [e["estimated_step_time_s"] for e in log]
+    assert ranked == sorted(ranked) and len(attempts) == 3, log     # all three sub-mesh kinds planned
+    assert [r is None for r in found] == [True, True, False]
+    assert found[2].plan.estimate.step_time_s == {1: 9.0, 2: 8.0, 4: 7.0}[attempts[2]]
+    # with an exact plan at 7.0 s already known, only estimates within the margin are planned
+    attempts.clear()
+    bounded = Search(None, cluster, autopar.PipeshardParallel(), costs, variants, 4, 1e9, None, "ortools", None,
+                     None)                                                     # type: ignore[arg-type]
+    bounded.uniform_layouts([1.0] * 4, min(ranked) / (1 + UNIFORM_MARGIN) * 0.99)
+    assert attempts == []

@@ -16,8 +16,9 @@ Consumes: ``trace_at(m)``, the full batch size, a ClusterSpec and the method. Pr
    recomputes its forward) fits. The objective is
    F[s][0][0] + (m - 1) t_max; t_max runs over a geometric grid of the stage times.
 3. Exact plans (``plan_stages``: one ILP per distinct stage) of the DP's layout, of the same stages with
-   flops-balanced layer ranges, and of the ``UNIFORM_CANDIDATES`` best Megatron-shaped layouts by the layer
-   costs (what ``Manual3D`` would build); the fastest plan of every microbatch count is kept.
+   flops-balanced layer ranges, and of the Megatron-shaped layouts (what ``Manual3D`` would build) whose
+   layer-cost estimate is within ``UNIFORM_MARGIN`` of the fastest exact plan (at most ``UNIFORM_MAX_TRIES``);
+   the fastest plan of every microbatch count is kept.
 Stage costs add the layers' costs (resharding between layers inside a stage is not counted by the DP; the
 exact stage plan of step 3 counts it).
 """
@@ -281,7 +282,7 @@ def search_stages(trace_at: Callable[[int], Graph], batch: int, cluster: Cluster
 
 
 DP_MEMORY_ROUNDS = 4
-UNIFORM_CANDIDATES = 2
+UNIFORM_MAX_TRIES = 6
 UNIFORM_MARGIN = 0.06
 # Summed layer peaks over-count a stage's memory (each layer's peak holds its own transient temporaries):
 # MoE-380M on one V100 at 256 microbatches sums to more than 16 GB but plans exactly within it. Candidates
@@ -350,8 +351,8 @@ class _LayoutSearch:
 
     def best(self, flops: list[float]) -> StagedResult | None:
         first = self.dp_layout()
-        bound = INF if first is None else first.plan.estimate.step_time_s * (1 + UNIFORM_MARGIN)
-        found = [r for r in (first, *self.uniform_layouts(flops, bound)) if r is not None]
+        found = [r for r in (first, *self.uniform_layouts(flops, INF if first is None else
+                                                           first.plan.estimate.step_time_s)) if r is not None]
         if not found:
             self.entry.setdefault("error", "no layout fits")
             return None
@@ -395,12 +396,17 @@ class _LayoutSearch:
             return res
         return None
 
-    def uniform_layouts(self, flops: list[float], bound: float) -> list[StagedResult | None]:
-        """Megatron-shaped layouts by their layer-cost estimate, fastest first, planned exactly: up to
-        ``UNIFORM_CANDIDATES`` while the estimate is within ``bound`` (the DP's exact plan plus
-        ``UNIFORM_MARGIN``; no bound when the DP's layout did not fit). Layouts planned already are passed
-        over. The margin covers the layer costs' error: within 1 % of the exact plan for 1-D stages, up to 5 %
-        high for 2-D ones (GPT-2.6B on a (2, 4) stage: 293.2 s estimated, 278.7 s exact)."""
+    def uniform_layouts(self, flops: list[float], first: float) -> list[StagedResult | None]:
+        """Megatron-shaped layouts by their layer-cost estimate, fastest first, planned exactly while the estimate
+        is within ``UNIFORM_MARGIN`` of the fastest exact plan so far (``first``: the DP's; no bound before any
+        plan fits), at most ``UNIFORM_MAX_TRIES`` of them. Layouts planned already are passed over. The bound
+        follows the fastest exact plan, not the DP's alone, and a layout that does not fit only uses a try:
+        the layer costs can misjudge a stage's memory (its exact ILP, on a 2-D mesh under a time limit, may
+        not find the layers' plans; MoE-2.4B at 128 microbatches: two (2, 4) / (4, 2) stages fit by the layer
+        costs, needed 54 GiB exactly, and used up the two candidates the search had, so the (8, 1) stage
+        Manual3D picks, 44.91 s, was never planned and Auto reported 48.08 s). The margin covers
+        the layer costs' error: within 1 % of the exact plan for 1-D stages, up to 5 % either way for 2-D or
+        batch-first ones (GPT-2.6B on a (2, 4) stage: 293.2 s estimated, 278.7 s exact)."""
         def ranking(limit: float) -> list[tuple[float, int, bool]]:
             return uniform_ranking(self.costs, self.variants, flops, self.cluster.num_devices, self.m,
                                    self.method.schedule, limit, self.remat_choices())
@@ -409,10 +415,11 @@ class _LayoutSearch:
         ranked = fits + [r for r in ranking(self.limit * UNIFORM_MEMORY_SLACK) if r not in fits]
         out: list[StagedResult | None] = []
         log = self.entry.setdefault("uniform", [])
+        fastest = first
         for est, o, remat in ranked:
             opt = self.variants[o]
             p = self.cluster.num_devices // opt.devices
-            if len(log) >= UNIFORM_CANDIDATES or est > bound:
+            if len(log) >= UNIFORM_MAX_TRIES or est > fastest * (1 + UNIFORM_MARGIN):
                 break
             if self.planned(p, [opt] * p, [remat] * p):
                 continue
@@ -421,6 +428,8 @@ class _LayoutSearch:
                         "estimated_step_time_s": est,
                         "step_time_s": res.plan.estimate.step_time_s if res is not None else None})
             out.append(res)
+            if res is not None:
+                fastest = min(fastest, res.plan.estimate.step_time_s)
         return out
 
 
