@@ -209,3 +209,19 @@ def test_conv_gradient_flops_match_xla() -> None:
     ours = sum(op_cost(g, op, DEV).flops for op in g.ops if op.primitive == "conv_general_dilated")
     assert g.primitive_counts()["conv_general_dilated"] == 3
     assert ours == pytest.approx(_xla_flops(f, x, w), rel=0.01)
+
+
+def test_mfu_of_an_fp32_step_on_tf32_hardware_is_against_the_tf32_peak() -> None:
+    """An fp32 step whose matmuls run on TF32 (H100, default precision) is measured against the TF32 peak, so
+    its MFU stays below 1 (it read 2.48 for Llama-3-8B on a DGX H100 against the fp32 peak); V100s have no
+    TF32 and keep the fp32 peak."""
+    import autopar
+    from bench.models import MODELS
+
+    step, args = MODELS["gpt_125m"](batch_size=8, abstract=True)
+    for preset, peak_class in (("dgx-h100", "tf32"), ("p3.16xlarge", "fp32")):
+        cluster = autopar.ClusterSpec.preset(preset, nodes=1)
+        est = autopar.plan(step, *args, cluster=cluster, batch_argnums=(1,), method=autopar.DataParallel()).estimate
+        peak = cluster.device.peak_flops[peak_class] * cluster.num_devices
+        assert 0 < est.mfu < 1
+        assert est.mfu == pytest.approx(est.flops / (est.step_time_s * peak), rel=1e-9), preset

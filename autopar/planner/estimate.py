@@ -114,13 +114,17 @@ def estimate_plan(ip: "IntraOpProblem", choices: Sequence[int], device: Any) -> 
 
 
 def _peak_flops(ip: "IntraOpProblem", device: Any) -> float:
-    """Peak of the dtype that carries most matmul work (fp32 programs are measured against fp32 peak)."""
-    dtypes: Counter[Any] = Counter()
+    """Peak of the dtype that carries most matmul work, at the precision it runs at: fp32 programs are measured
+    against the fp32 peak, or the TF32 peak where their matmuls run on TF32 tensor cores (XLA's default
+    precision on A100/H100; ``compute.tensor_core_fp32``), so the MFU of an fp32 step there stays below 1."""
+    from autopar.cost_models.compute import tensor_core_fp32
     from autopar.ir.flops import op_flops
 
+    kinds: Counter[tuple[Any, bool]] = Counter()
     for op in ip.graph.ops:
         if op.primitive in ("dot_general", "conv_general_dilated"):
-            dtypes[ip.graph.tensors[op.inputs[0]].dtype] += op_flops(ip.graph, op)
-    if not dtypes:
+            kinds[(ip.graph.tensors[op.inputs[0]].dtype, tensor_core_fp32(ip.graph, op))] += op_flops(ip.graph, op)
+    if not kinds:
         return float(device.flops_for(ip.graph.tensors[ip.graph.inputs[0]].dtype)) if ip.graph.inputs else 0.0
-    return float(device.flops_for(dtypes.most_common(1)[0][0]))
+    dtype, tensor_cores = kinds.most_common(1)[0][0]
+    return float(device.flops_for(dtype, matmul=tensor_cores))
