@@ -16,7 +16,8 @@ from autopar.emit.pipeline import emit_pipeline, is_pipelined
 from autopar.emit.spmd import SpmdProgram, emit_spmd
 from autopar.ir.graph import Graph
 from autopar.ir.trace import _normalize_argnums, trace
-from autopar.methods import Auto, Manual3D, Method, PipeshardParallel, ShardParallel, resolve_method
+from autopar.methods import (Auto, DataParallel, Manual3D, Method, PipeshardParallel, ShardParallel, ZeroParallel,
+                             resolve_method)
 from autopar.plan import Plan
 from autopar.planner.pipelined import plan_pipelined
 from autopar.planner.problem import InfeasibleMemoryError, SolverTimeLimitError
@@ -66,7 +67,7 @@ def _cluster_for(cluster: ClusterSpec | str | None) -> ClusterSpec:
 
 def _is_pipelined(method: Method) -> bool:
     return isinstance(method, (PipeshardParallel, Manual3D)) or (
-        isinstance(method, ShardParallel) and method.num_microbatches not in (None, 1))
+        isinstance(method, (ShardParallel, DataParallel, ZeroParallel)) and method.num_microbatches not in (None, 1))
 
 
 def _plan_auto(tracer: "_Tracer", cluster: ClusterSpec, memory_budget: float | None, solver: str,

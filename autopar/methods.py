@@ -11,6 +11,11 @@ class Method:
     name = "method"
 
 
+def _check_microbatches(method: Method, m: int | None) -> None:
+    if m is not None and (not isinstance(m, int) or m < 1):
+        raise ValueError(f"{type(method).__name__}(num_microbatches={m!r}): give a count >= 1, or None")
+
+
 @dataclass(frozen=True)
 class ShardParallel(Method):
     """Intra-op only: one SPMD program over a logical mesh of all devices.
@@ -23,6 +28,7 @@ class ShardParallel(Method):
     name = "shard"
 
     def __post_init__(self) -> None:
+        _check_microbatches(self, self.num_microbatches)
         if self.mesh_shape is not None:
             object.__setattr__(self, "mesh_shape", tuple(int(d) for d in self.mesh_shape))
             if any(d < 1 for d in self.mesh_shape):
@@ -31,21 +37,31 @@ class ShardParallel(Method):
 
 @dataclass(frozen=True)
 class DataParallel(Method):
-    """Batch split over every device, parameters and optimizer state replicated (a constraint on the ILP)."""
+    """Batch split over every device, parameters and optimizer state replicated (a constraint on the ILP).
 
+    ``num_microbatches=m`` accumulates gradients over m microbatches of the batch (one program per
+    microbatch's forward and backward, then one update), as data-parallel training of a large batch does."""
+
+    num_microbatches: int | None = None
     name = "data"
+
+    def __post_init__(self) -> None:
+        _check_microbatches(self, self.num_microbatches)
 
 
 @dataclass(frozen=True)
 class ZeroParallel(Method):
-    """Data parallelism with state sharding: stage 1 optimizer state, 2 + gradients, 3 + parameters."""
+    """Data parallelism with state sharding: stage 1 optimizer state, 2 + gradients, 3 + parameters.
+    ``num_microbatches``: gradient accumulation, as for ``DataParallel``."""
 
     stage: int = 3
+    num_microbatches: int | None = None
     name = "zero"
 
     def __post_init__(self) -> None:
         if self.stage not in (1, 2, 3):
             raise ValueError(f"ZeroParallel(stage={self.stage}): stage must be 1, 2 or 3")
+        _check_microbatches(self, self.num_microbatches)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ none: ``"does not fit"`` (no plan within device memory; ``min_memory_bytes`` say
 Refuses: nothing: a baseline that fails to plan is recorded, never raised.
 
 Baselines (``BASELINE_KINDS`` in ``bench.suite``):
-- ``data``: ``autopar.DataParallel()``; ``zero3``: ``autopar.ZeroParallel(stage=3)``;
+- ``data``: ``autopar.DataParallel``; ``zero3``: ``autopar.ZeroParallel(stage=3)``: the whole batch per step,
+  or where that does not fit, the fastest gradient accumulation over Megatron's micro-batch sizes (``accumulated``);
 - ``manual3d``: the best ``autopar.Manual3D(dp, tp, pp, num_microbatches, remat)`` over Megatron's grid
   (tensor parallelism inside a node, pipeline across, a few microbatch counts, remat off/full);
 - ``alpa``: the plan Alpa published for that model and cluster (``ALPA_PLANS``) as PipeshardParallel options.
@@ -105,6 +106,13 @@ def _pow2_divisors(n: int, cap: int) -> list[int]:
 MICRO_BATCH_SIZES = (16, 4, 1)
 
 
+def microbatch_counts(per_replica: int, at_least: int = 1) -> list[int]:
+    """Megatron's microbatch counts for ``per_replica`` samples per data-parallel replica: one per micro-batch
+    size in ``MICRO_BATCH_SIZES`` that divides it, largest micro-batch first, each at least max(at_least, 2)."""
+    return [per_replica // size for size in MICRO_BATCH_SIZES
+            if per_replica % size == 0 and per_replica // size >= max(at_least, 2)]
+
+
 def manual3d_grid(num_devices: int, devices_per_node: int, batch_size: int | None,
                   max_configs: int | None = None) -> list[Any]:
     """Megatron-style configurations: tp inside a node (powers of two), pp over what is left, dp the rest;
@@ -122,8 +130,7 @@ def manual3d_grid(num_devices: int, devices_per_node: int, batch_size: int | Non
             if per_dp is not None and (batch_size % dp or per_dp < 1):
                 continue
             last: list[int | None] = [None] if pp == 1 else []
-            counts = [per_dp // size for size in MICRO_BATCH_SIZES if per_dp is not None and per_dp % size == 0
-                      and per_dp // size >= max(pp, 2)] if per_dp is not None else [4 * pp, 16 * pp, 64 * pp]
+            counts = microbatch_counts(per_dp, pp) if per_dp is not None else [4 * pp, 16 * pp, 64 * pp]
             shapes += [(dp, tp, pp, m) for m in sorted(set(counts), reverse=True) + last]
     return [autopar.Manual3D(dp=dp, tp=tp, pp=pp, num_microbatches=m, remat=remat)
             for dp, tp, pp, m in shapes for remat in ("none", "full")][:max_configs]
@@ -148,32 +155,48 @@ def prune_manual3d(grid: list[Any], plan_one: Callable[[Any], T], status: Callab
         yield method, result
 
 
+def _best(outcomes: list[Outcome], empty_label: str) -> Outcome:
+    """The fastest outcome that fits; else the "does not fit" one needing the least memory; else the first
+    error (or ``unavailable`` for an empty list)."""
+    fitted = [o for o in outcomes if o.ok]
+    if fitted:
+        return min(fitted, key=lambda o: o.step_time_s or math.inf)
+    no_fit = [o for o in outcomes if o.status == "does not fit"]
+    if no_fit:
+        return min(no_fit, key=lambda o: o.min_memory_bytes or math.inf)
+    return outcomes[0] if outcomes else Outcome(empty_label, "unavailable: empty grid")
+
+
+def accumulated(fn: Callable[..., Any], args: tuple[Any, ...], cluster: Any, make: Callable[[int | None], Any],
+                label: str, batch_size: int | None, donate: tuple[int, ...] = (),
+                log: Callable[[str], None] = lambda m: None) -> Outcome:
+    """A data-parallel baseline (``make(num_microbatches)``: DataParallel or ZeroParallel) as a large batch is
+    trained with it: the whole batch in one step, or gradient accumulation over Megatron's micro-batch sizes
+    per replica (``microbatch_counts``); the fastest that fits."""
+    tried = [evaluate(fn, args, cluster, make(None), label, donate)]
+    per_replica = batch_size // cluster.num_devices if batch_size and batch_size % cluster.num_devices == 0 else 0
+    for m in microbatch_counts(per_replica) if tried[0].status in ("ok", "does not fit") else []:
+        tried.append(evaluate(fn, args, cluster, make(m), f"{label} (accumulating {m} microbatches)", donate))
+    for o in tried:
+        log(f"    {o.label}: {outcome_text(o)}")
+    return _best(tried, label)
+
+
 def best_manual3d(fn: Callable[..., Any], args: tuple[Any, ...], cluster: Any,
                   batch_size: int | None, max_configs: int | None = None, donate: tuple[int, ...] = (),
                   log: Callable[[str], None] = lambda m: None) -> Outcome:
     """The fastest Manual3D of the grid (``prune_manual3d``; ``log`` gets one line per configuration planned);
     ``unavailable`` as soon as the planner says Manual3D is."""
-    best: Outcome | None = None
-    no_fit: Outcome | None = None
-    errors = []
+    outcomes: list[Outcome] = []
     grid = manual3d_grid(cluster.num_devices, cluster.devices_per_node, batch_size, max_configs)
     for _method, o in prune_manual3d(grid, lambda m: evaluate(fn, args, cluster, m, donate=donate),
                                      lambda o: o.status):
         log(f"    {o.label}: {outcome_text(o)}")
-        if o.status.startswith("unavailable") and best is None and no_fit is None:
+        if o.status.startswith("unavailable") and not any(x.ok or x.status == "does not fit" for x in outcomes):
             return dataclasses.replace(o, label="Manual3D grid")
-        if o.ok and (best is None or (o.step_time_s or math.inf) < (best.step_time_s or math.inf)):
-            best = o
-        elif o.status == "does not fit" and (no_fit is None or (o.min_memory_bytes or math.inf)
-                                             < (no_fit.min_memory_bytes or math.inf)):
-            no_fit = o
-        elif not o.ok:
-            errors.append(o.status)
-    if best is not None:
-        return best
-    if no_fit is not None:
-        return no_fit
-    return Outcome("Manual3D grid", errors[0] if errors else "unavailable: empty grid")
+        outcomes.append(o)
+    best = _best(outcomes, "Manual3D grid")
+    return best if best.ok or best.status == "does not fit" else dataclasses.replace(best, label="Manual3D grid")
 
 
 # ---- Alpa's published plans (Alpa, OSDI'22, section 8 / Fig. 7 and its artifact's benchmark suites) ----
@@ -229,9 +252,11 @@ def run_baselines(kinds: tuple[str, ...], fn: Callable[..., Any], args: tuple[An
     out: dict[str, Outcome] = {}
     for kind in kinds:
         if kind == "data":
-            out[kind] = evaluate(fn, args, cluster, autopar.DataParallel(), "DataParallel", donate)
+            out[kind] = accumulated(fn, args, cluster, lambda m: autopar.DataParallel(num_microbatches=m),
+                                    "DataParallel", batch_size, donate, log)
         elif kind == "zero3":
-            out[kind] = evaluate(fn, args, cluster, autopar.ZeroParallel(stage=3), "ZeRO-3", donate)
+            out[kind] = accumulated(fn, args, cluster, lambda m: autopar.ZeroParallel(stage=3, num_microbatches=m),
+                                    "ZeRO-3", batch_size, donate, log)
         elif kind == "manual3d":
             out[kind] = best_manual3d(fn, args, cluster, batch_size, donate=donate, log=log)
         elif kind == "alpa" and alpa is not None:

@@ -150,6 +150,28 @@ def test_does_not_fit_is_recorded(suite_file: Path) -> None:
     assert small.status == "does not fit" and small.step_time_s is None and small.min_memory_bytes > 2**20
 
 
+def test_data_parallel_baseline_accumulates_gradients_where_the_batch_does_not_fit(suite_file: Path) -> None:
+    """The MLP's whole batch needs ~62 MB per V100 under DataParallel; with 60 MB the baseline is the fastest
+    gradient accumulation that fits (Megatron's 16 samples per replica: 8 microbatches), with 59.4 MB the next
+    micro-batch size down (32 microbatches)."""
+    import autopar
+    from bench.baselines import accumulated
+
+    fn, args = build_case(load_suite(suite_file).cases[0])
+    v100 = autopar.ClusterSpec.preset("p3.16xlarge")
+    make = lambda m: autopar.DataParallel(num_microbatches=m)  # noqa: E731
+    whole = accumulated(fn, args, v100, make, "DataParallel", 1024)
+    assert whole.ok and whole.label == "DataParallel"        # the whole batch fits and is fastest
+    seen: list[str] = []
+    o = accumulated(fn, args, _with_memory(v100, 60_000_000), make, "DataParallel", 1024, log=seen.append)
+    assert o.ok and o.label == "DataParallel (accumulating 8 microbatches)" and o.step_time_s > whole.step_time_s
+    assert len(seen) == 4 and "does not fit" in seen[0]
+    o = accumulated(fn, args, _with_memory(v100, 59_400_000), make, "DataParallel", 1024)
+    assert o.ok and o.label == "DataParallel (accumulating 32 microbatches)"
+    o = accumulated(fn, args, _with_memory(v100, 50_000_000), make, "DataParallel", 1024)
+    assert o.status == "does not fit" and o.min_memory_bytes > 50_000_000
+
+
 def _with_memory(cluster, nbytes: int):  # type: ignore[no-untyped-def]
     import dataclasses
 

@@ -3,6 +3,7 @@ schedule, and the estimate's bubble and memory agree with the schedule and with 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -60,6 +61,35 @@ def test_gpt_two_stages_1f1b_matches_jit() -> None:
 def test_gradient_accumulation_without_pipeline_matches_jit() -> None:
     pf = _check("mlp_tiny", 8, autopar.ShardParallel(mesh_shape=(8,), num_microbatches=4))
     assert len(pf.get_plan(*_fixture("mlp_tiny", 8)[1]).stages) == 1
+
+
+@pytest.mark.parametrize("method", [autopar.DataParallel(num_microbatches=2),
+                                    autopar.ZeroParallel(stage=3, num_microbatches=4)], ids=["data", "zero3"])
+def test_data_parallel_and_zero_accumulate_gradients_over_microbatches(method: autopar.Method) -> None:
+    """DataParallel / ZeroParallel with num_microbatches: one stage on all 8 devices, the batch split over them,
+    the method's state rules kept (replicated parameters, or every parameter sharded for ZeRO-3), and the
+    numbers of plain jax.jit; the accumulated plan holds less than the whole-batch one."""
+    pf = _check("mlp_tiny", 32, method)
+    args = _fixture("mlp_tiny", 32)[1]
+    plan = pf.get_plan(*args)
+    assert plan.method == method.name and plan.method_options["num_microbatches"] == method.num_microbatches
+    assert len(plan.stages) == 1 and plan.stages[0].mesh_shape == (8,)
+    specs = dict(plan.stages[0].input_specs)
+    assert specs["[1]['x']"][0] == ("x",)
+    sharded = {name: any(d for d in s) for name, s in specs.items() if name.startswith("[0][0]")}
+    if isinstance(method, autopar.ZeroParallel):   # every kernel has a dimension of 32 (the 4-wide head bias does not)
+        assert all(v for name, v in sharded.items() if "kernel" in name), specs
+    else:
+        assert not any(sharded.values()), specs
+    whole = autopar.plan(_fixture("mlp_tiny", 32)[0], *args, method=dataclasses.replace(method, num_microbatches=None),
+                         batch_argnums=(1,))
+    assert plan.estimate.peak_memory_bytes < whole.estimate.peak_memory_bytes
+
+
+def test_microbatch_counts_are_checked() -> None:
+    for make in (autopar.DataParallel, autopar.ZeroParallel, autopar.ShardParallel):
+        with pytest.raises(ValueError, match="num_microbatches=0"):
+            make(num_microbatches=0)
 
 
 def test_wide_resnet_unequal_submeshes_gpipe_remat_matches_jit() -> None:

@@ -3,7 +3,7 @@
 Consumes: argv strings (``--mesh 2x4``, ``--method manual:2,4,1``, ``--memory-budget 40GB``, ``--cluster``...).
 Produces: a method object, a ClusterSpec (or None: the local devices), a byte count, argnums.
 Refuses (ValueError naming the flag and the accepted forms): a bad mesh, an unknown method or preset, a bad
-size, ``--mesh`` or ``--microbatches`` with a method that does not take them.
+size, ``--mesh`` with a method that does not take it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def add_plan_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="auto", metavar="METHOD",
                    help="auto | shard | pipeshard | data | zero3 | manual:dp,tp,pp (default: auto)")
     p.add_argument("--memory-budget", default=None, metavar="SIZE", help="per-device budget, e.g. 40GB, 512MiB")
-    p.add_argument("--microbatches", type=int, default=None, metavar="N", help="pipeline microbatches")
+    p.add_argument("--microbatches", type=int, default=None, metavar="N",
+                   help="pipeline microbatches, or gradient accumulation steps for shard, data and zero3")
     p.add_argument("--batch-argnums", default=None, metavar="I[,J]",
                    help="arguments holding batch data (default: every argument after the first)")
     p.add_argument("--donate-argnums", default=None, metavar="I[,J]",
@@ -96,10 +97,9 @@ def method_from_args(args: argparse.Namespace) -> Any:
         return Manual3D(dp=dp, tp=tp, pp=pp, num_microbatches=mb)
     if name == "pipeshard":
         return PipeshardParallel(num_microbatches=mb)
-    if mb is not None and name not in ("auto", "shard"):
-        raise ValueError(f"--microbatches applies to pipeshard, manual, shard or auto, not {args.method!r}")
-    table: dict[str, Any] = {"data": DataParallel, "zero3": lambda: ZeroParallel(stage=3),
-                             "zero": lambda: ZeroParallel(stage=3)}
+    table: dict[str, Any] = {"data": lambda: DataParallel(num_microbatches=mb),
+                             "zero3": lambda: ZeroParallel(stage=3, num_microbatches=mb),
+                             "zero": lambda: ZeroParallel(stage=3, num_microbatches=mb)}
     if name in table:
         return table[name]()
     if name == "auto" and mesh is None and mb is None:

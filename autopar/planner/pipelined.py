@@ -1,4 +1,5 @@
-"""Plans with microbatches and pipeline stages: PipeshardParallel, Manual3D, ShardParallel(num_microbatches).
+"""Plans with microbatches and pipeline stages: PipeshardParallel, Manual3D, and gradient accumulation
+(``num_microbatches``) of ShardParallel, DataParallel and ZeroParallel.
 
 Consumes: ``trace_at(m)`` (the step's Graph traced at the microbatch size of m microbatches), a ClusterSpec and
 a method. Produces: a multi-stage ``Plan`` (``planner.pipeshard``) whose ``method_options`` say how to rebuild
@@ -17,7 +18,7 @@ from typing import Any, Callable
 
 from autopar.cost_models.cluster import ClusterSpec
 from autopar.ir.graph import Graph
-from autopar.methods import Manual3D, Method, PipeshardParallel, ShardParallel
+from autopar.methods import DataParallel, Manual3D, Method, PipeshardParallel, ShardParallel, ZeroParallel
 from autopar.pipeline.layers import balanced_split, layer_flops, op_layers
 from autopar.planner.pipeshard import IntraOpCache, StagedResult, StageLayout, plan_stages
 from autopar.planner.problem import InfeasibleMemoryError, SolverTimeLimitError
@@ -43,7 +44,9 @@ def plan_fixed(graph: Graph, cluster: ClusterSpec, layers_opt: str | int, stage_
                devices: list[int], logical: list[tuple[int, ...] | None], remat: list[bool], m: int, schedule: str,
                memory_budget: float | None, solver: str, time_limit_s: float | None, method: Method,
                batch_on_first_axis: bool | tuple[bool, ...] = False,
-               cache: IntraOpCache | None = None) -> StagedResult:
+               cache: IntraOpCache | None = None, stage_method: Method | None = None) -> StagedResult:
+    """``stage_method``: the intra-op method every stage is planned with (default: free, or Megatron's
+    batch-on-dp layout with ``batch_on_first_axis``); DataParallel / ZeroParallel for their microbatched form."""
     layers = op_layers(graph, layers_opt)
     k = max((l for l in layers if l is not None), default=-1) + 1
     if isinstance(stage_layer_counts, int):
@@ -60,7 +63,7 @@ def plan_fixed(graph: Graph, cluster: ClusterSpec, layers_opt: str | int, stage_
             starts.append(starts[-1] + c)
         ranges = [(starts[i], starts[i + 1]) for i in range(len(stage_layer_counts))]
     layout = StageLayout(layer_ranges=tuple(ranges), device_counts=tuple(devices), logical_meshes=tuple(logical),
-                         remat=tuple(remat), batch_on_first_axis=batch_on_first_axis)
+                         remat=tuple(remat), batch_on_first_axis=batch_on_first_axis, stage_method=stage_method)
     opts = method_options(method)
     opts["layers"] = layers_opt
     return plan_stages(graph, cluster, layout, num_microbatches=m, schedule=schedule, op_layer=layers,
@@ -94,6 +97,10 @@ def plan_pipelined(trace_at: TraceAt, batch: int, cluster: ClusterSpec, method: 
         mesh = method.mesh_shape
         return plan_fixed(trace_at(m), cluster, 1, 1, [n], [mesh], [False], m, "1f1b", memory_budget, solver,
                           time_limit_s, method)
+    if isinstance(method, (DataParallel, ZeroParallel)):     # gradient accumulation under the method's rules
+        m = method.num_microbatches or 1
+        return plan_fixed(trace_at(m), cluster, 1, 1, [n], [(n,)], [False], m, "1f1b", memory_budget, solver,
+                          time_limit_s, method, stage_method=method)
     if isinstance(method, Manual3D):
         if method.dp * method.tp * method.pp != n:
             raise ValueError(f"Manual3D(dp={method.dp}, tp={method.tp}, pp={method.pp}) uses "

@@ -25,7 +25,7 @@ from autopar.cost_models.cluster import ClusterSpec
 from autopar.cost_models.memory import PROGRAMS_PER_SECTION
 from autopar.ir.graph import Graph, Role, Section
 from autopar.ir.subgraph import Subgraph, extract, structure_key
-from autopar.methods import ShardParallel
+from autopar.methods import Method, ShardParallel
 from autopar.pipeline.partition import BACKWARD, FORWARD, StageSplit, split_stages
 from autopar.pipeline.schedule import bubble_of, in_flight, pipeline_time
 from autopar.plan import Estimate, Plan, StagePlan
@@ -41,6 +41,7 @@ class StageLayout:
     logical_meshes: tuple[tuple[int, ...] | None, ...]  # None: search the factorisations
     remat: tuple[bool, ...]
     batch_on_first_axis: bool | tuple[bool, ...] = False  # Manual3D: the batch goes on the dp axis (per stage)
+    stage_method: Method | None = None    # every stage planned with this method (DataParallel, ZeroParallel)
 
     def batch_first(self, s: int) -> bool:
         b = self.batch_on_first_axis
@@ -80,7 +81,7 @@ class IntraOpCache:
         self.max_entries = max_entries
         self.solved = 0
 
-    def plan(self, structure: str, graph: Graph, cluster: ClusterSpec, method: ShardParallel, budget: float,
+    def plan(self, structure: str, graph: Graph, cluster: ClusterSpec, method: Method, budget: float,
              solver: str, time_limit_s: float | None) -> IntraOpResult:
         key = (structure, repr(sorted(graph.annotations.items())), cluster, method, budget, solver, time_limit_s)
         if key in self._memo:
@@ -161,8 +162,9 @@ def plan_stages(graph: Graph, cluster: ClusterSpec, layout: StageLayout, *, num_
         structure = structure_key(sub.graph)
         key = (structure, n, layout.logical_meshes[s], keep, layout.remat[s], layout.batch_first(s))
         if key not in memo:   # structurally identical stages (the middle of a deep model) are planned once
-            stage_method = (DataTensorShard(mesh_shape=layout.logical_meshes[s]) if layout.batch_first(s)
-                            else ShardParallel(mesh_shape=layout.logical_meshes[s]))
+            stage_method = layout.stage_method or (
+                DataTensorShard(mesh_shape=layout.logical_meshes[s]) if layout.batch_first(s)
+                else ShardParallel(mesh_shape=layout.logical_meshes[s]))
             try:
                 memo[key] = _plan_stage(split, s, sub, structure, submesh_cluster(cluster, n), stage_method,
                                         keep, layout.remat[s], m, limit, solver, time_limit_s, cache)
@@ -212,7 +214,7 @@ def plan_stages(graph: Graph, cluster: ClusterSpec, layout: StageLayout, *, num_
 
 
 def _plan_stage(split: StageSplit, s: int, sub: Subgraph, structure: str, cluster: ClusterSpec,
-                method: ShardParallel, keep: int, remat: bool, m: int, limit: float, solver: str,
+                method: Method, keep: int, remat: bool, m: int, limit: float, solver: str,
                 time_limit_s: float | None, cache: IntraOpCache) -> IntraOpResult:
     """The stage's fastest intra-op plan; when it, with the microbatches it keeps in flight, is over ``limit``,
     planned again with the one-microbatch budget reduced by what they hold."""
