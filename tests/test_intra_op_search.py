@@ -154,3 +154,27 @@ def test_reshard_cost_scaled_from_spec_pair_equals_direct() -> None:
                 assert cache.reshard(a, b, shape, "float32") == pytest.approx(want, rel=1e-12, abs=0.0)
                 checked += 1
     assert checked > 100 and len(cache._template) > 10
+
+
+def test_op_compute_splits_each_node_compute_by_op() -> None:
+    """Every op of a GPT training step has its own compute vector on the node it was folded into (optimizer
+    updates follow their gradient or parameter, elementwise ops their operand, tied layers share a node), and
+    a node's compute is the sum of its ops' vectors: what the pipeline estimate times sections by."""
+    import numpy as np
+
+    from bench.models.gpt import gpt_tiny
+
+    step, args = gpt_tiny(batch_size=8, abstract=True)
+    graph = autopar.trace(step, *args, batch_argnums=(1,))
+    cluster = autopar.ClusterSpec.preset("dgx-a100")
+    ip = build_intra_op(graph, LogicalMesh((2, 4), ("x", "y"), cluster.mesh_axes((2, 4), ("x", "y"))), cluster.device)
+    assert set(ip.op_compute) == {op.id for op in graph.ops}
+    folded = {v for v, node in enumerate(ip.nodes) if node.merged_ops or node.tied_ops}
+    assert folded and any(graph.ops[o].section.value == "optimizer" and ip.nodes[v].kind == "op"
+                          and graph.ops[ip.nodes[v].key].section.value != "optimizer"
+                          for o, (v, _) in ip.op_compute.items())    # an update folded into a backward node
+    total = [np.zeros(len(n.strategies)) for n in ip.nodes]
+    for v, vec in ip.op_compute.values():
+        total[v] += vec
+    for v, node in enumerate(ip.nodes):
+        assert np.allclose(total[v], ip.compute_costs[v], rtol=1e-9, atol=1e-15), node.label

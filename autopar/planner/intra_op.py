@@ -77,6 +77,9 @@ class IntraOpProblem:
     nodes: tuple[NodeInfo, ...]
     tensor_owner: Mapping[int, tuple[int, tuple[ShardingSpec, ...]]]   # tid -> (node, spec per strategy)
     compute_costs: tuple[tuple[float, ...], ...]                       # per node, compute part of node cost
+    # op id -> (its node, its compute time per strategy of that node): a node's compute split by the ops
+    # folded into it (followers, tied ops), so a part of the graph (a section) can be timed on its own
+    op_compute: Mapping[int, tuple[int, np.ndarray]] = field(default_factory=dict)
     sites: tuple["ReshardSite", ...] = ()
     followers: Mapping[int, tuple[int, tuple[Strategy, ...]]] = field(default_factory=dict)
     peak_point: int | None = None
@@ -249,6 +252,7 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
     sites: list[ReshardSite] = []
     pending: list[tuple[int, np.ndarray]] = []
     held: dict[int, np.ndarray] = {}   # tensors whose buffer is not just their spec's share (reduce-scatter)
+    op_compute: dict[int, tuple[int, np.ndarray]] = {}
 
     def add_edge(u: int, v: int, matrix: np.ndarray) -> None:
         if u == v:
@@ -381,7 +385,8 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
             v, specs = owner[main]
             price = {s: strategy_cost(op, s) for s in dict.fromkeys(chosen)}
             costs[v] += np.array([price[s][1] for s in chosen])
-            compute[v] += np.array([price[s][0] for s in chosen])
+            op_compute[op.id] = (v, np.array([price[s][0] for s in chosen]))
+            compute[v] += op_compute[op.id][1]
             owner[op.outputs[0]] = (v, prop_cache[pkey][2])
             sites.append(ReshardSite(main, v, tuple(s.in_specs[k] for s in chosen), op.id))
             followers[op.id] = (v, chosen)
@@ -395,6 +400,7 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
             shards_cost = follower_costs(op, specs)
             costs[v] += shards_cost
             compute[v] += shards_cost
+            op_compute[op.id] = (v, shards_cost)
             merged[v].append(op.id)
             for tid in op.inputs:
                 other = graph.tensors[tid].shape
@@ -420,10 +426,11 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
                 pending.append(em)
         comp = np.array([compute_time(op, s.work_shards) for s in strategies])
         comm = np.array([sum(cache.collective(c) for c in s.comm) for s in strategies])
+        op_compute[op.id] = (v, comp)
         if rep is None:
             nodes.append(NodeInfo("op", op.id, f"op{op.id}:{op.primitive}", strategies))
             costs.append(comp + comm)
-            compute.append(comp)
+            compute.append(comp.copy())      # grows with the ops folded in; ``comp`` stays this op's own
             node_of_op[op.id] = v
         else:
             costs[v] += comp + comm
@@ -464,7 +471,7 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
     stats = {"nodes": len(nodes), "edges": len(edges), "ops": len(graph.ops),
              "merged_ops": sum(len(m) for m in merged.values()), "tied_ops": sum(len(t) for t in tied.values()),
              "strategies": int(sum(len(n.strategies) for n in nodes))}
-    return IntraOpProblem(graph, mesh, problem, tuple(nodes), owner, tuple(tuple(c) for c in compute),
+    return IntraOpProblem(graph, mesh, problem, tuple(nodes), owner, tuple(tuple(c) for c in compute), op_compute,
                           tuple(sites), followers, peak_point, stats)
 
 

@@ -236,10 +236,11 @@ def _parent_specs(sub: Subgraph, res: IntraOpResult) -> dict[int, ShardingSpec]:
 
 
 def _compute_of(res: IntraOpResult, sub: Subgraph, which: Any) -> float:
-    """Compute time of the stage's ILP nodes whose op (a parent op id) satisfies ``which``."""
+    """Compute time of the stage's ops (parent op ids) that satisfy ``which``, under the chosen strategies: each
+    op on its own, also where the ILP folded it into another op's node (an optimizer update following the
+    gradient it reads, a backward elementwise op following a forward value)."""
     ip, choices = res.intra, res.solution.choices
-    return float(sum(ip.compute_costs[v][choices[v]] for v, node in enumerate(ip.nodes)
-                     if node.kind == "op" and which(sub.parent_op[node.key])))
+    return float(sum(vec[choices[v]] for o, (v, vec) in ip.op_compute.items() if which(sub.parent_op[o])))
 
 
 def _transfer_time(split: StageSplit, s: int, cluster: ClusterSpec, device_counts: Sequence[int]) -> float:
