@@ -178,3 +178,39 @@ def test_op_compute_splits_each_node_compute_by_op() -> None:
         total[v] += vec
     for v, node in enumerate(ip.nodes):
         assert np.allclose(total[v], ip.compute_costs[v], rtol=1e-9, atol=1e-15), node.label
+
+
+def test_held_copies_enter_the_memory_row_and_the_peak_at_the_chosen_spec() -> None:
+    """``HELD_COPIES`` {t: 3}: the ILP's memory row adds three buffers of t at each strategy's spec of t (so
+    sharding t shrinks all of them) and the plan's peak adds three at the spec chosen; ``ONCE_PER_STEP``
+    (m = 4) weighs the update's node costs by 1/4 and leaves the estimate's compute unweighted."""
+    import dataclasses
+
+    import numpy as np
+
+    from autopar.planner.estimate import estimate_plan
+    from autopar.planner.intra_op import HELD_COPIES, ONCE_PER_STEP
+    from autopar.planner.problem import evaluate
+
+    graph = _graph()
+    cluster = autopar.ClusterSpec.preset("dgx-a100")
+    mesh = LogicalMesh((8,), ("x",), cluster.mesh_axes((8,), ("x",)))
+    weight = next(t for t in graph.inputs if graph.tensors[t].role.value == "parameter" and len(graph.tensors[t].shape) == 2)
+    base = build_intra_op(graph, mesh, cluster.device)
+    held = build_intra_op(dataclasses.replace(graph, annotations={HELD_COPIES: {weight: 3.0}}), mesh, cluster.device)
+    v, specs = held.tensor_owner[weight]
+    t = graph.tensors[weight]
+    per_spec = np.array([s.bytes_per_device(t.shape, t.dtype, mesh) for s in specs])
+    assert np.allclose(np.array(held.problem.memory[v]) - np.array(base.problem.memory[v]), 3 * per_spec)
+    assert per_spec.min() < per_spec.max()                      # a split spec holds less of every copy
+    choices = plan_intra_op(graph, cluster, autopar.ShardParallel(mesh_shape=(8,))).solution.choices
+    e0, e1 = estimate_plan(base, choices, cluster.device), estimate_plan(held, choices, cluster.device)
+    assert e1.peak_memory_bytes - e0.peak_memory_bytes == pytest.approx(3 * per_spec[choices[v]])
+    update = frozenset(op.id for op in graph.ops if op.section.value == "optimizer")
+    weighted = build_intra_op(dataclasses.replace(graph, annotations={ONCE_PER_STEP: (4, update)}), mesh,
+                              cluster.device)
+    once = sum(vec[choices[u]] for o, (u, vec) in base.op_compute.items() if o in update)
+    assert once > 0
+    assert evaluate(weighted.problem, choices) < evaluate(base.problem, choices) - 0.5 * once
+    assert estimate_plan(weighted, choices, cluster.device).step_time_s == pytest.approx(
+        estimate_plan(base, choices, cluster.device).step_time_s)

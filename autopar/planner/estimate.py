@@ -105,12 +105,16 @@ def estimate_plan(ip: "IntraOpProblem", choices: Sequence[int], device: Any) -> 
         return float(t.nbytes) if spec is None else float(spec.bytes_per_device(t.shape, t.dtype, mesh))
 
     mem = estimate_memory(ip.graph, tensor_bytes, reshard_buffers(ip, choices), platform=device.kind)
+    from autopar.planner.intra_op import HELD_COPIES
+
+    copies = ip.graph.annotations.get(HELD_COPIES, {})   # what other microbatches of a pipelined stage hold
+    peak_bytes = mem.peak_bytes + sum(k * tensor_bytes(ip.graph.tensors[t]) for t, k in copies.items())
     flops = ip.graph.flops()
     step = compute + comm
     peak = _peak_flops(ip, device) * mesh.num_devices
     return Estimate(step_time_s=step, compute_time_s=compute, comm_time_s=comm, bubble_fraction=0.0,
                     flops=flops, mfu=(flops / (step * peak)) if step > 0 and peak > 0 else 0.0,
-                    peak_memory_bytes=mem.peak_bytes, comm_bytes=dict(by_kind), collective_counts=dict(counts))
+                    peak_memory_bytes=peak_bytes, comm_bytes=dict(by_kind), collective_counts=dict(counts))
 
 
 def _peak_flops(ip: "IntraOpProblem", device: Any) -> float:

@@ -42,6 +42,15 @@ from autopar.sharding.strategy import Strategy, finalize
 if TYPE_CHECKING:
     from autopar.sharding.mesh import LogicalMesh
 
+# Graph annotation of a microbatched program (``planner.pipeshard.stage_subgraph``): ``(m, op ids)``, the ops
+# that run once per step (the update) while the others run once for each of the m microbatches. The ILP
+# weighs their costs by 1 / m, so it trades per-microbatch time against update time as the step does.
+ONCE_PER_STEP = "once_per_step"
+# Graph annotation ``{tensor id: copies}``: values other microbatches of a pipelined stage hold all through the
+# program (the stashed activations of those in flight, the gradient sums): ``copies`` more buffers of the
+# tensor at its chosen spec, counted in the ILP's memory row and in the plan's peak.
+HELD_COPIES = "held_copies"
+
 # Two-operand contractions and lookups keep nodes of their own even with a single owned operand.
 NOT_MAPPED = frozenset({"dot_general", "conv_general_dilated", "gather", "scatter", "scatter-add",
                         "dynamic_update_slice", "concatenate", "sort"})
@@ -88,6 +97,15 @@ class IntraOpProblem:
     def tensor_specs(self, choices: Sequence[int]) -> dict[int, ShardingSpec]:
         """The spec of every non-constant tensor under the chosen strategies."""
         return {t: specs[choices[node]] for t, (node, specs) in self.tensor_owner.items()}
+
+    def weighted_time(self, step_time_s: float, choices: Sequence[int]) -> float:
+        """``step_time_s`` of the program as the ILP weighs it (``ONCE_PER_STEP``): the update's compute
+        counted 1 / m times; ``step_time_s`` itself where the graph is not a microbatched one."""
+        m, once = self.graph.annotations.get(ONCE_PER_STEP, (1, frozenset()))
+        if m <= 1 or not once:
+            return step_time_s
+        update = sum(vec[choices[v]] for o, (v, vec) in self.op_compute.items() if o in once)
+        return step_time_s - (1.0 - 1.0 / m) * float(update)
 
 
 # Strategies kept per op, by the number of mesh axes of size > 1: the rule order puts the most divided,
@@ -238,6 +256,11 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
     ``analysis``: ``analyse_graph(graph, tie_layers)``, when the caller builds several meshes of one graph.
     """
     cache = _CostCache(mesh)
+    m_steps, once = graph.annotations.get(ONCE_PER_STEP, (1, frozenset()))
+
+    def weight(op_id: int) -> float:
+        """The ILP's weight of an op's own cost: 1 / m for the update of an m-microbatch step."""
+        return 1.0 / m_steps if op_id in once else 1.0
     if analysis is None or analysis.tie_layers != tie_layers:
         analysis = analyse_graph(graph, tie_layers)
     ties, in_ties = analysis.ties, analysis.in_ties
@@ -384,7 +407,7 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
             k, main = mapped
             v, specs = owner[main]
             price = {s: strategy_cost(op, s) for s in dict.fromkeys(chosen)}
-            costs[v] += np.array([price[s][1] for s in chosen])
+            costs[v] += np.array([price[s][1] for s in chosen]) * weight(op.id)
             op_compute[op.id] = (v, np.array([price[s][0] for s in chosen]))
             compute[v] += op_compute[op.id][1]
             owner[op.outputs[0]] = (v, prop_cache[pkey][2])
@@ -398,7 +421,7 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
             for o in op.outputs:
                 owner[o] = (v, specs)
             shards_cost = follower_costs(op, specs)
-            costs[v] += shards_cost
+            costs[v] += shards_cost * weight(op.id)
             compute[v] += shards_cost
             op_compute[op.id] = (v, shards_cost)
             merged[v].append(op.id)
@@ -429,11 +452,11 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
         op_compute[op.id] = (v, comp)
         if rep is None:
             nodes.append(NodeInfo("op", op.id, f"op{op.id}:{op.primitive}", strategies))
-            costs.append(comp + comm)
+            costs.append((comp + comm) * weight(op.id))
             compute.append(comp.copy())      # grows with the ops folded in; ``comp`` stays this op's own
             node_of_op[op.id] = v
         else:
-            costs[v] += comp + comm
+            costs[v] += (comp + comm) * weight(op.id)
             compute[v] += comp
             tied[v].append(op.id)
         for k, o in enumerate(op.outputs):
@@ -454,7 +477,7 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
     nodes = [NodeInfo(n.kind, n.key, n.label, n.strategies, tuple(merged.get(i, ())), tuple(tied.get(i, ())))
              for i, n in enumerate(nodes)]
     memory, groups = _memory_groups(graph, mesh, owner, [len(n.strategies) for n in nodes], analysis.resident,
-                                    held)
+                                    held, graph.annotations.get(HELD_COPIES, {}))
     peak_point = analysis.peak_point
     budget: float | None = memory_budget if memory_budget is not None else float(device.memory_bytes)
     if budget is not None and not np.isfinite(budget):
@@ -540,24 +563,34 @@ def _replicated_peak(graph: Graph) -> tuple[frozenset[int], int | None]:
 
 def _memory_groups(graph: Graph, mesh: "LogicalMesh", owner: Mapping[int, tuple[int, tuple[ShardingSpec, ...]]],
                    counts: Sequence[int], resident: frozenset[int], held: Mapping[int, np.ndarray] | None = None,
-                   ) -> tuple[list[np.ndarray], tuple[MemoryGroup, ...]]:
-    """Per-node bytes of the ``resident`` tensors (those live at the replicated peak), as one group."""
+                   copies: Mapping[int, float] | None = None) -> tuple[list[np.ndarray], tuple[MemoryGroup, ...]]:
+    """Per-node bytes of the ``resident`` tensors (those live at the replicated peak), plus ``copies`` more
+    buffers of the tensors in ``HELD_COPIES``, as one group."""
     num_nodes = len(counts)
     memory = [np.zeros(n) for n in counts]
     vec_cache: dict[tuple[int, Any, Any], np.ndarray] = {}
-    for tid in sorted(resident):
-        if tid not in owner:
-            continue
+
+    def bytes_of(tid: int) -> tuple[int, np.ndarray]:
         v, specs = owner[tid]
         t = graph.tensors[tid]
         key = (id(specs), t.shape, t.dtype)   # owner tuples are shared by tied tensors and live all along
         if key not in vec_cache:
             vec_cache[key] = np.array([s.bytes_per_device(t.shape, t.dtype, mesh) for s in specs], dtype=float)
-        vec = vec_cache[key]
+        return v, vec_cache[key]
+
+    for tid in sorted(resident):
+        if tid not in owner:
+            continue
+        v, vec = bytes_of(tid)
         if held and tid in held:
             vec = np.maximum(vec, held[tid])
         memory[v] = memory[v] + vec
-    const_bytes = sum(graph.tensors[t].nbytes for t in resident if t not in owner)
+    for tid, k in sorted((copies or {}).items()):
+        if tid in owner:
+            v, vec = bytes_of(tid)
+            memory[v] = memory[v] + k * vec
+    const_bytes = sum(graph.tensors[t].nbytes for t in resident if t not in owner) + sum(
+        k * graph.tensors[t].nbytes for t, k in (copies or {}).items() if t not in owner)
     group = MemoryGroup(nodes=tuple(sorted(v for v in range(num_nodes) if memory[v].any())), base_bytes=const_bytes)
     return memory, (group,)
 

@@ -29,6 +29,7 @@ from autopar.methods import Method, ShardParallel
 from autopar.pipeline.partition import BACKWARD, FORWARD, StageSplit, split_stages
 from autopar.pipeline.schedule import bubble_of, in_flight, pipeline_time
 from autopar.plan import Estimate, Plan, StagePlan
+from autopar.planner.intra_op import HELD_COPIES, ONCE_PER_STEP
 from autopar.planner.problem import InfeasibleMemoryError, SolverTimeLimitError, format_bytes
 from autopar.planner.shard_parallel import IntraOpResult, fixed_tensors, graph_fingerprint, plan_intra_op
 from autopar.sharding.spec import ShardingSpec
@@ -120,7 +121,9 @@ def submesh_cluster(cluster: ClusterSpec, n: int) -> ClusterSpec:
                        links=cluster.links)
 
 
-def stage_subgraph(split: StageSplit, stage: int) -> Subgraph:
+def stage_subgraph(split: StageSplit, stage: int, num_microbatches: int = 1) -> Subgraph:
+    """Stage ``stage``'s ops as a graph of their own; with ``num_microbatches`` m > 1 its ops that run once per
+    step (the update) are annotated ``ONCE_PER_STEP`` with m, for the ILP to weigh them by 1 / m."""
     g = split.graph
 
     def role(t: Any) -> Role:
@@ -131,7 +134,11 @@ def stage_subgraph(split: StageSplit, stage: int) -> Subgraph:
     sub = extract(g, split.stage_ops(stage), input_role=role)
     # a stage runs as one program per section (forward, backward, update): the memory model must not fold
     # across them (see cost_models.memory.PROGRAMS_PER_SECTION)
-    marked = dataclasses.replace(sub.graph, annotations={**sub.graph.annotations, PROGRAMS_PER_SECTION: True})
+    notes: dict[str, Any] = {PROGRAMS_PER_SECTION: True}
+    once = frozenset(o for o, parent in enumerate(sub.parent_op) if parent not in split.microbatched)
+    if num_microbatches > 1 and once:
+        notes[ONCE_PER_STEP] = (num_microbatches, once)
+    marked = dataclasses.replace(sub.graph, annotations={**sub.graph.annotations, **notes})
     return dataclasses.replace(sub, graph=marked)
 
 
@@ -157,7 +164,7 @@ def plan_stages(graph: Graph, cluster: ClusterSpec, layout: StageLayout, *, num_
     limit = memory_budget if memory_budget is not None else float(cluster.device.memory_bytes)
     for s in range(layout.num_stages):
         n = layout.device_counts[s]
-        sub = stage_subgraph(split, s)
+        sub = stage_subgraph(split, s, m)
         keep = in_flight(schedule, layout.num_stages, m, s)
         structure = structure_key(sub.graph)
         key = (structure, n, layout.logical_meshes[s], keep, layout.remat[s], layout.batch_first(s))
@@ -180,9 +187,7 @@ def plan_stages(graph: Graph, cluster: ClusterSpec, layout: StageLayout, *, num_
             if layout.remat[s] else 0.0
         transfer = _transfer_time(split, s, cluster, layout.device_counts)
         est = res.plan.estimate
-        stash = _stash_bytes(split, s, specs, res, layout.remat[s])
-        extra_acc = _averaged_bytes(split, s, specs, res) if m > 1 else 0.0
-        peak = est.peak_memory_bytes + max(keep - 1, 0) * stash + extra_acc
+        peak = est.peak_memory_bytes + _held_bytes(split, s, res, sub, keep, layout.remat[s], m)
         t_mb = max(est.step_time_s - apply_t, 0.0) + recompute + transfer
         mb_times.append(t_mb)
         apply_times.append(apply_t)
@@ -216,18 +221,29 @@ def plan_stages(graph: Graph, cluster: ClusterSpec, layout: StageLayout, *, num_
 def _plan_stage(split: StageSplit, s: int, sub: Subgraph, structure: str, cluster: ClusterSpec,
                 method: Method, keep: int, remat: bool, m: int, limit: float, solver: str,
                 time_limit_s: float | None, cache: IntraOpCache) -> IntraOpResult:
-    """The stage's fastest intra-op plan; when it, with the microbatches it keeps in flight, is over ``limit``,
-    planned again with the one-microbatch budget reduced by what they hold."""
+    """The stage's fastest intra-op plan; when it, with what the microbatches in flight hold, is over ``limit``,
+    planned again within ``limit`` by an ILP that counts those held values at the specs it chooses for them
+    (``HELD_COPIES``: sharding the stash or the gradient sums shrinks every copy)."""
     res = cache.plan(structure, sub.graph, cluster, method, math.inf, solver, time_limit_s)
-    specs = _parent_specs(sub, res)
-    held = max(keep - 1, 0) * _stash_bytes(split, s, specs, res, remat) + (
-        _averaged_bytes(split, s, specs, res) if m > 1 else 0.0)
-    if res.plan.estimate.peak_memory_bytes + held <= limit or held >= limit:
+    if res.plan.estimate.peak_memory_bytes + _held_bytes(split, s, res, sub, keep, remat, m) <= limit:
         return res
+    copies = _held_copies(split, s, sub, keep, remat, m)
+    graph = dataclasses.replace(sub.graph, annotations={**sub.graph.annotations, HELD_COPIES: copies})
     try:
-        return cache.plan(structure, sub.graph, cluster, method, limit - held, solver, time_limit_s)
+        return cache.plan(structure, graph, cluster, method, limit, solver, time_limit_s)
     except (InfeasibleMemoryError, SolverTimeLimitError):
         return res     # reported by the caller with the stage's full need
+
+
+def _held_bytes(split: StageSplit, s: int, res: IntraOpResult, sub: Subgraph, keep: int, remat: bool,
+                m: int) -> float:
+    """What the other microbatches in flight hold on stage ``s`` beyond ``res``'s one-microbatch peak (0 where
+    ``res`` was planned with them, ``HELD_COPIES``, and its peak counts them already)."""
+    if HELD_COPIES in res.intra.graph.annotations:
+        return 0.0
+    specs = _parent_specs(sub, res)
+    return max(keep - 1, 0) * _stash_bytes(split, s, specs, res, remat) + (
+        _averaged_bytes(split, s, specs, res) if m > 1 else 0.0)
 
 
 def _parent_specs(sub: Subgraph, res: IntraOpResult) -> dict[int, ShardingSpec]:
@@ -271,14 +287,13 @@ def _bytes(split: StageSplit, tids: Sequence[int], specs: dict[int, ShardingSpec
     return float(total)
 
 
-def _stash_bytes(split: StageSplit, s: int, specs: dict[int, ShardingSpec], res: IntraOpResult,
-                 remat: bool) -> float:
-    """Bytes one in-flight microbatch keeps on stage ``s`` between its forward and backward."""
+def _stash_tensors(split: StageSplit, s: int, remat: bool) -> list[int]:
+    """What one in-flight microbatch keeps on stage ``s`` between its forward and backward (parent ids)."""
     g = split.graph
     fwd = next((p for p in split.pieces if p.stage == s and p.phase == FORWARD), None)
     bwd = next((p for p in split.pieces if p.stage == s and p.phase == BACKWARD), None)
     if fwd is None or bwd is None:
-        return 0.0
+        return []
     f_ops, b_ops = set(fwd.ops), set(bwd.ops)
     if remat:
         made = {t for o in f_ops for t in g.ops[o].outputs}
@@ -287,12 +302,35 @@ def _stash_bytes(split: StageSplit, s: int, specs: dict[int, ShardingSpec], res:
     else:
         kept = {t for o in b_ops for t in g.ops[o].inputs
                 if g.tensors[t].producer in f_ops and t in split.batch_dependent}
-    return _bytes(split, sorted(kept), specs, res)
+    return sorted(kept)
+
+
+def _averaged_tensors(split: StageSplit, s: int) -> list[int]:
+    """The sums over microbatches stage ``s`` keeps for its update (parent ids)."""
+    return [t for t in split.averaged if split.op_stage[split.graph.tensors[t].producer] == s]
+
+
+def _stash_bytes(split: StageSplit, s: int, specs: dict[int, ShardingSpec], res: IntraOpResult,
+                 remat: bool) -> float:
+    """Bytes one in-flight microbatch keeps on stage ``s`` between its forward and backward."""
+    return _bytes(split, _stash_tensors(split, s, remat), specs, res)
 
 
 def _averaged_bytes(split: StageSplit, s: int, specs: dict[int, ShardingSpec], res: IntraOpResult) -> float:
-    mine = [t for t in split.averaged if split.op_stage[split.graph.tensors[t].producer] == s]
-    return _bytes(split, mine, specs, res)
+    return _bytes(split, _averaged_tensors(split, s), specs, res)
+
+
+def _held_copies(split: StageSplit, s: int, sub: Subgraph, keep: int, remat: bool, m: int) -> dict[int, float]:
+    """``HELD_COPIES`` of stage ``s`` (local tensor ids): keep - 1 more of each stashed value, one gradient sum."""
+    local = sub.sub_tensor
+    copies: dict[int, float] = {}
+    for t in _stash_tensors(split, s, remat) if keep > 1 else []:
+        if t in local:
+            copies[local[t]] = copies.get(local[t], 0.0) + keep - 1
+    for t in _averaged_tensors(split, s) if m > 1 else []:
+        if t in local:
+            copies[local[t]] = copies.get(local[t], 0.0) + 1
+    return copies
 
 
 def _pipeline_estimate(graph: Graph, split: StageSplit, results: Sequence[IntraOpResult],

@@ -280,8 +280,9 @@ def plan_intra_op(graph: Graph, cluster: Any, method: Method, *, memory_budget: 
                       "constraints": sol.num_constraints, "status": sol.status, "lower_bound": bound,
                       "build_time_s": build_s, "solve_time_s": sol.solve_time_s})
         solved.append((ip, sol))
-        if best is None or est.step_time_s < best[0] * (1 - 1e-9):
-            best = (est.step_time_s, ip, sol, est)
+        key = ip.weighted_time(est.step_time_s, sol.choices)   # a microbatched program: its update weighs 1 / m
+        if best is None or key < best[0] * (1 - 1e-9):
+            best = (key, ip, sol, est)
     if best is None:
         errors = "; ".join(f"{t['mesh']}: {t['error']}" for t in tried)
         needs = [t["min_budget_bytes"] for t in tried if "min_budget_bytes" in t]

@@ -85,7 +85,7 @@ def submesh_options(cluster: ClusterSpec, megatron: bool = True) -> list[MeshOpt
 
 def layer_costs(graph: Graph, layers: list[int | None], cluster: ClusterSpec, options: list[MeshOption],
                 limit: float, solver: str, time_limit_s: float | None,
-                cache: IntraOpCache | None = None) -> tuple[list[list[LayerCost | None]], int]:
+                cache: IntraOpCache | None = None, num_microbatches: int = 1) -> tuple[list[list[LayerCost | None]], int]:
     """costs[layer][option variant] (None where the layer does not fit), and the number of ILPs solved.
 
     Each (devices, mesh) option has two variants: the layer's fastest plan, and its plan within its fair share
@@ -123,7 +123,7 @@ def layer_costs(graph: Graph, layers: list[int | None], cluster: ClusterSpec, op
 
     out: list[list[LayerCost | None]] = []
     for l in range(k):
-        sub = stage_subgraph(split, l)
+        sub = stage_subgraph(split, l, num_microbatches)
         key = structure_key(sub.graph)
         state = float(sum(sub.graph.tensors[t].nbytes for t in sub.graph.inputs
                           if sub.graph.tensors[t].role.value == "parameter"))
@@ -256,7 +256,7 @@ def search_stages(trace_at: Callable[[int], Graph], batch: int, cluster: Cluster
         t1 = time.perf_counter()
         layers = op_layers(graph, method.layers)
         cache, before = SHARED_CACHE, SHARED_CACHE.solved   # layer and stage plans shared by every layout
-        costs, solved = layer_costs(graph, layers, cluster, options, limit, solver, time_limit_s, cache)
+        costs, solved = layer_costs(graph, layers, cluster, options, limit, solver, time_limit_s, cache, m)
         t2 = time.perf_counter()
         search = _LayoutSearch(graph, cluster, method, costs, variants, m, limit, memory_budget, solver, time_limit_s,
                                cache)
