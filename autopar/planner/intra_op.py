@@ -42,7 +42,7 @@ from autopar.sharding.strategy import Strategy, finalize
 if TYPE_CHECKING:
     from autopar.sharding.mesh import LogicalMesh
 
-# Graph annotation of a microbatched program (``planner.pipeshard.stage_subgraph``): ``(m, op ids)``, the ops
+# Graph annotation of a microbatched program (``planner.pipeshard.stage_subgraph``): ``(m, sorted op ids)``: the ops
 # that run once per step (the update) while the others run once for each of the m microbatches. The ILP
 # weighs their costs by 1 / m, so it trades per-microbatch time against update time as the step does.
 ONCE_PER_STEP = "once_per_step"
@@ -101,9 +101,10 @@ class IntraOpProblem:
     def weighted_time(self, step_time_s: float, choices: Sequence[int]) -> float:
         """``step_time_s`` of the program as the ILP weighs it (``ONCE_PER_STEP``): the update's compute
         counted 1 / m times; ``step_time_s`` itself where the graph is not a microbatched one."""
-        m, once = self.graph.annotations.get(ONCE_PER_STEP, (1, frozenset()))
-        if m <= 1 or not once:
+        m, once_ids = self.graph.annotations.get(ONCE_PER_STEP, (1, ()))
+        if m <= 1 or not once_ids:
             return step_time_s
+        once = frozenset(once_ids)
         update = sum(vec[choices[v]] for o, (v, vec) in self.op_compute.items() if o in once)
         return step_time_s - (1.0 - 1.0 / m) * float(update)
 
@@ -256,7 +257,8 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
     ``analysis``: ``analyse_graph(graph, tie_layers)``, when the caller builds several meshes of one graph.
     """
     cache = _CostCache(mesh)
-    m_steps, once = graph.annotations.get(ONCE_PER_STEP, (1, frozenset()))
+    m_steps, once_ids = graph.annotations.get(ONCE_PER_STEP, (1, ()))
+    once = frozenset(once_ids)
 
     def weight(op_id: int) -> float:
         """The ILP's weight of an op's own cost: 1 / m for the update of an m-microbatch step."""

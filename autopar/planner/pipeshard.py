@@ -135,8 +135,8 @@ def stage_subgraph(split: StageSplit, stage: int, num_microbatches: int = 1) -> 
     # a stage runs as one program per section (forward, backward, update): the memory model must not fold
     # across them (see cost_models.memory.PROGRAMS_PER_SECTION)
     notes: dict[str, Any] = {PROGRAMS_PER_SECTION: True}
-    once = frozenset(o for o, parent in enumerate(sub.parent_op) if parent not in split.microbatched)
-    if num_microbatches > 1 and once:
+    once = tuple(o for o, parent in enumerate(sub.parent_op) if parent not in split.microbatched)
+    if num_microbatches > 1 and once:      # a sorted tuple: its repr keys the intra-op cache
         notes[ONCE_PER_STEP] = (num_microbatches, once)
     marked = dataclasses.replace(sub.graph, annotations={**sub.graph.annotations, **notes})
     return dataclasses.replace(sub, graph=marked)

@@ -85,7 +85,8 @@ def submesh_options(cluster: ClusterSpec, megatron: bool = True) -> list[MeshOpt
 
 def layer_costs(graph: Graph, layers: list[int | None], cluster: ClusterSpec, options: list[MeshOption],
                 limit: float, solver: str, time_limit_s: float | None,
-                cache: IntraOpCache | None = None, num_microbatches: int = 1) -> tuple[list[list[LayerCost | None]], int]:
+                cache: IntraOpCache | None = None,
+                num_microbatches: int = 1) -> tuple[list[list[LayerCost | None]], int]:
     """costs[layer][option variant] (None where the layer does not fit), and the number of ILPs solved.
 
     Each (devices, mesh) option has two variants: the layer's fastest plan, and its plan within its fair share
