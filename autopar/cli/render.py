@@ -47,10 +47,13 @@ def overview_table(plan: Any) -> Table:
     t.add_row("cluster", f"{c.get('name', '?')}: {c.get('nodes', '?')} node(s) x {c.get('devices_per_node', '?')} "
                          f"{dev.get('name', '?')}")
     t.add_row("mesh", _mesh_text(plan.mesh_shape, plan.axis_names) + f"  ({len(plan.stages)} stage(s))")
-    share = e.comm_time_s / e.step_time_s if e.step_time_s > 0 else 0.0
+    busy = e.compute_time_s + e.comm_time_s
+    share = e.comm_time_s / busy if busy > 0 else 0.0
     t.add_row("step time", _ms(e.step_time_s))
+    # a pipeline's are device-time totals over stages and microbatches, not parts of its step time
+    totals = " (device-time totals)" if "stage_layers" in (plan.method_options or {}) else ""
     t.add_row("compute / communication", f"{_ms(e.compute_time_s)} / {_ms(e.comm_time_s)} "
-                                         f"({1 - share:.0%} / {share:.0%})")
+                                         f"({1 - share:.0%} / {share:.0%}){totals}")
     t.add_row("pipeline bubble", f"{e.bubble_fraction:.1%}")
     t.add_row("MFU", f"{e.mfu:.1%}")
     mem = dev.get("memory_bytes")

@@ -205,7 +205,7 @@ def plan_stages(graph: Graph, cluster: ClusterSpec, layout: StageLayout, *, num_
             f"{schedule} schedule, over the {'budget' if memory_budget is not None else 'device memory'} of "
             f"{format_bytes(limit)}: use more stages, rematerialized stages (remat=True) or the 1f1b schedule",
             peaks[worst], limit)
-    estimate = _pipeline_estimate(graph, split, results, mb_times, apply_times, peaks, m)
+    estimate = _pipeline_estimate(graph, split, results, [sp.estimate for sp in stage_plans], apply_times, peaks, m)
     options = dict(method_options or {})
     options.update({"num_microbatches": m, "schedule": schedule,
                     "stage_layers": [list(r) for r in layout.layer_ranges],
@@ -334,9 +334,13 @@ def _held_copies(split: StageSplit, s: int, sub: Subgraph, keep: int, remat: boo
 
 
 def _pipeline_estimate(graph: Graph, split: StageSplit, results: Sequence[IntraOpResult],
-                       mb_times: list[float], apply_times: list[float], peaks: list[float], m: int) -> Estimate:
+                       stage_ests: Sequence[Estimate], apply_times: list[float], peaks: list[float],
+                       m: int) -> Estimate:
+    """The step of the stages' per-microbatch estimates; its compute and communication times are device-time
+    totals (each stage's per-microbatch part m times, its update once), not parts of the step time."""
     from autopar.ir.flops import op_flops
 
+    mb_times = [e.step_time_s for e in stage_ests]
     step = pipeline_time(mb_times, m) + max(apply_times, default=0.0)
     mb_flops = sum(op_flops(graph, graph.ops[o]) for o in split.microbatched)
     flops = mb_flops * m + sum(op_flops(graph, op) for op in graph.ops if op.id not in split.microbatched)
@@ -345,8 +349,8 @@ def _pipeline_estimate(graph: Graph, split: StageSplit, results: Sequence[IntraO
     for r in results:
         comm.update({k: v * m for k, v in r.plan.estimate.comm_bytes.items()})
         counts.update({k: v * m for k, v in r.plan.estimate.collective_counts.items()})
-    compute = sum(r.plan.estimate.compute_time_s for r in results) * m
-    comm_t = sum(r.plan.estimate.comm_time_s for r in results) * m
+    compute = sum(e.compute_time_s * m + a for e, a in zip(stage_ests, apply_times))
+    comm_t = sum(e.comm_time_s for e in stage_ests) * m
     mfu = _mfu(results, flops, step)
     return Estimate(step_time_s=step, compute_time_s=compute, comm_time_s=comm_t,
                     bubble_fraction=bubble_of(mb_times, m), flops=flops, mfu=mfu,
