@@ -130,6 +130,22 @@ def test_clear_errors(argv: list[str], message: str, capsys: pytest.CaptureFixtu
     assert message in capsys.readouterr().err
 
 
+def test_data_parallel_methods_take_microbatches(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--method zero3 --microbatches 2``: ZeRO-3 with gradient accumulation, one microbatched stage; the
+    overview labels a pipelined plan's compute / communication as device-time totals."""
+    from autopar.cli.main import main
+
+    assert main(["inspect", "mlp_tiny", "--method", "zero3", "--microbatches", "2", "--json",
+                 str(tmp_path / "z.json"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    plan = json.loads((tmp_path / "z.json").read_text())
+    assert plan["method"] == "zero" and plan["method_options"]["num_microbatches"] == 2
+    assert plan["method_options"]["stage_layers"] == [[0, 1]] and len(plan["stages"]) == 1
+    assert "(device-time totals)" in out
+    assert main(["inspect", "mlp_tiny", "--method", "data", "--microbatches", "0"]) == 1
+    assert "--microbatches 0: must be >= 1" in capsys.readouterr().err
+
+
 def test_file_target_factory_errors_and_success(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from autopar.cli.main import main
