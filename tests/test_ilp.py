@@ -198,6 +198,25 @@ def test_validation_names_the_edge() -> None:
         solve(ShardingProblem(("a",), ((0.0,),)), backend="gurobi")
 
 
+def test_lp_lower_bound_of_a_problem_the_reductions_do_not_solve() -> None:
+    """A 12-node chain with edges three ahead is not solved by the exact reductions, so the LP itself runs (the
+    hypothesis problems above are small enough that the reductions usually leave nothing to relax): its bound
+    lies between the node-min + edge-min bound and the optimum."""
+    import numpy as np
+
+    from autopar.planner.ilp import lp_lower_bound
+
+    rng = np.random.default_rng(0)
+    n, k = 12, 4
+    costs = tuple(tuple(float(x) for x in rng.random(k)) for _ in range(n))
+    edges = tuple(Edge(i, j, tuple(tuple(float(x) for x in rng.random(k) * 3) for _ in range(k)))
+                  for i in range(n) for j in range(i + 1, min(n, i + 4)))
+    p = ShardingProblem(tuple(f"n{i}" for i in range(n)), costs, edges)
+    bound, best = lp_lower_bound(p), solve(p).objective
+    simple = sum(min(c) for c in costs) + sum(min(min(r) for r in e.cost) for e in edges)
+    assert bound is not None and simple - TOL <= bound <= best + TOL and bound > simple + 1e-3
+
+
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problems())
 def test_lp_lower_bound_is_below_the_optimum(p: ShardingProblem) -> None:

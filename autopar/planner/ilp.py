@@ -317,7 +317,7 @@ def lp_lower_bound(problem: ShardingProblem, time_limit_s: float | None = None) 
         s.SetTimeLimit(int(math.ceil(time_limit_s * 1000)))
     if s.Solve() != pywraplp.Solver.OPTIMAL:
         return None
-    value = m.constant + obj.Value()
+    value = m.constant + s.Objective().Value()
     return value - LP_BOUND_RTOL * abs(value)
 
 
