@@ -42,10 +42,10 @@ def graph_summary(g: "Graph", top: int = 10) -> str:
         f"  flops: {human_flops(g.flops())}",
     ]
     by_prim: Counter[str] = Counter()
-    flops_by_prim: Counter[str] = Counter()
+    flops_by_prim: dict[str, float] = {}
     for op in g.ops:
         by_prim[op.primitive] += 1
-        flops_by_prim[op.primitive] += op_flops(g, op)
+        flops_by_prim[op.primitive] = flops_by_prim.get(op.primitive, 0.0) + op_flops(g, op)
     lines.append("  primitives (count, flops):")
     for prim, n in by_prim.most_common(top):
         lines.append(f"    {prim:<24} {n:>7}  {human_flops(flops_by_prim[prim])}")

@@ -67,17 +67,17 @@ def extract(parent: Graph, op_ids: Iterable[int], *, extra_outputs: Iterable[int
     out_set = set(outputs)
     tensors = []
     for p in order:
-        t = parent.tensors[p]
-        role = t.role
+        src = parent.tensors[p]
+        role = src.role
         if p in seen and p not in made:
-            role = input_role(t) if input_role is not None else (
-                Role.PARAMETER if t.role is Role.INTERMEDIATE else t.role)
+            role = input_role(src) if input_role is not None else (
+                Role.PARAMETER if src.role is Role.INTERMEDIATE else src.role)
         tensors.append(replace(
-            t, id=new_id[p], role=role,
-            producer=new_op[t.producer] if p in made else None,
-            consumers=tuple(new_op[c] for c in t.consumers if c in inside),
-            name=t.name or (f"%{p}" if p in seen else ""), is_output=p in out_set,
-            donated=t.donated and p in seen))
+            src, id=new_id[p], role=role,
+            producer=new_op[src.producer] if p in made and src.producer is not None else None,
+            consumers=tuple(new_op[c] for c in src.consumers if c in inside),
+            name=src.name or (f"%{p}" if p in seen else ""), is_output=p in out_set,
+            donated=src.donated and p in seen))
     sub_ops = tuple(replace(parent.ops[p], id=new_op[p], inputs=tuple(new_id[t] for t in parent.ops[p].inputs),
                             outputs=tuple(new_id[t] for t in parent.ops[p].outputs)) for p in ops)
     g = Graph(ops=sub_ops, tensors=tuple(tensors), inputs=tuple(new_id[t] for t in inputs),

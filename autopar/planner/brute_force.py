@@ -29,7 +29,7 @@ def brute_force_min_budget(p: ShardingProblem, max_combinations: int = 10**6) ->
     """Smallest peak group memory over plans respecting fixed shardings and aliases (None: no plan)."""
     best: float | None = None
     for ch in _combinations(p, max_combinations):
-        if any(ch[v] != s for v, s in p.fixed) or any((ch[a.a], ch[a.b]) not in a.pairs for a in p.aliases):
+        if any(ch[v] != s for v, s in p.fixed_pairs) or any((ch[a.a], ch[a.b]) not in a.pairs for a in p.aliases):
             continue
         peak = peak_group_memory(p, ch)
         peak = 0.0 if peak is None else peak

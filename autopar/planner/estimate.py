@@ -124,11 +124,12 @@ def _peak_flops(ip: "IntraOpProblem", device: Any) -> float:
     from autopar.cost_models.compute import tensor_core_fp32
     from autopar.ir.flops import op_flops
 
-    kinds: Counter[tuple[Any, bool]] = Counter()
+    kinds: dict[tuple[Any, bool], float] = {}
     for op in ip.graph.ops:
         if op.primitive in ("dot_general", "conv_general_dilated"):
-            kinds[(ip.graph.tensors[op.inputs[0]].dtype, tensor_core_fp32(ip.graph, op))] += op_flops(ip.graph, op)
+            key = (ip.graph.tensors[op.inputs[0]].dtype, tensor_core_fp32(ip.graph, op))
+            kinds[key] = kinds.get(key, 0.0) + op_flops(ip.graph, op)
     if not kinds:
         return float(device.flops_for(ip.graph.tensors[ip.graph.inputs[0]].dtype)) if ip.graph.inputs else 0.0
-    dtype, tensor_cores = kinds.most_common(1)[0][0]
+    dtype, tensor_cores = max(kinds, key=lambda k: kinds[k])    # the first of equals, as most_common
     return float(device.flops_for(dtype, matmul=tensor_cores))

@@ -256,17 +256,17 @@ def _build(p: ShardingProblem, red: Reduced,
         m.row(xvars[v], [1.0] * len(c), 1.0, 1.0)
         pick = int(np.argmin(c)) if start is None else start[v]
         m.hint.update({x: int(k == pick) for k, x in enumerate(xvars[v])})
-        for k in np.nonzero(~np.isfinite(c))[0]:
-            m.row([xvars[v][k]], [1.0], 0.0, 0.0)
+        for bad in np.nonzero(~np.isfinite(c))[0]:
+            m.row([xvars[v][int(bad)]], [1.0], 0.0, 0.0)
     for (u, v), mat in edges.items():
         low = float(mat[np.isfinite(mat)].min())
         const += low
         rows, row_of = _classes(mat)
         cols, col_of = _classes(mat.T)
         small = mat[np.ix_([r[0] for r in rows], [c[0] for c in cols])]
-        e = {(a, b): m.var(float(small[a, b]) - low) for a, b in zip(*np.nonzero(np.isfinite(small)))}
-        for (a, b), k in e.items():
-            m.hint[k] = int(any(m.hint[xvars[u][i]] for i in rows[a]) and any(m.hint[xvars[v][j]] for j in cols[b]))
+        e = {(int(a), int(b)): m.var(float(small[a, b]) - low) for a, b in zip(*np.nonzero(np.isfinite(small)))}
+        for (ra, cb), k in e.items():
+            m.hint[k] = int(any(m.hint[xvars[u][i]] for i in rows[ra]) and any(m.hint[xvars[v][j]] for j in cols[cb]))
         for a, members in enumerate(rows):
             ids = [k for (r, _), k in e.items() if r == a]
             m.row(ids + [xvars[u][i] for i in members], [1.0] * len(ids) + [-1.0] * len(members), 0.0, 0.0)

@@ -130,7 +130,13 @@ class ShardingProblem:
 
     @property
     def fixed_map(self) -> dict[int, int]:
-        return dict(self.fixed)
+        return dict(self.fixed_pairs)
+
+    @property
+    def fixed_pairs(self) -> tuple[tuple[int, int], ...]:
+        """``fixed`` as the sorted (node, strategy) pairs ``__post_init__`` stores."""
+        assert not isinstance(self.fixed, Mapping)
+        return self.fixed
 
     def name(self, v: int) -> str:
         return f"node {v} ({self.node_names[v]})"
@@ -203,7 +209,7 @@ def _validate(p: ShardingProblem) -> None:
                                  f"({len(p.node_costs[a.a])} strategies) and {p.name(a.b)} "
                                  f"({len(p.node_costs[a.b])} strategies)")
     seen: set[int] = set()
-    for v, s in p.fixed:
+    for v, s in p.fixed_pairs:
         node(v, "fixed")
         if v in seen:
             raise ValueError(f"fixed gives {p.name(v)} twice; fix each node once")
@@ -221,7 +227,7 @@ def group_memories(p: ShardingProblem, choices: Sequence[int]) -> list[float]:
 
 def is_feasible(p: ShardingProblem, choices: Sequence[int], rel_tol: float = 1e-9) -> bool:
     """Whether ``choices`` satisfies fixed shardings, aliases and the memory budget."""
-    if any(choices[v] != s for v, s in p.fixed):
+    if any(choices[v] != s for v, s in p.fixed_pairs):
         return False
     if any((choices[a.a], choices[a.b]) not in a.pairs for a in p.aliases):
         return False

@@ -101,7 +101,7 @@ def reduce(p: ShardingProblem, full: bool = True) -> Reduced | None:
         for i, j in a.pairs:
             m[i, j] = 0.0
         _add_edge(r, a.a, a.b, m)
-    for v, s in p.fixed:
+    for v, s in p.fixed_pairs:
         _restrict(r, v, np.array([s]))
     mem = [np.array(m, dtype=float) for m in p.memory] if p.memory is not None else None
     changed = True
@@ -226,11 +226,11 @@ def _eliminate(r: Reduced) -> bool:
             u, w = nbrs
             tot = _oriented(r, u, v)[:, :, None] + c[None, :, None] + _oriented(r, v, w)[None, :, :]
             arg = np.argmin(tot, axis=1)                          # [i_u, k_w]
-            best = np.take_along_axis(tot, arg[:, None, :], axis=1)[:, 0, :]
+            through = np.take_along_axis(tot, arg[:, None, :], axis=1)[:, 0, :]
             r.records.append((v, (u, w), _table(r, (u, w), r.allowed[v][arg])))
             _del_edge(r, u, v)
             _del_edge(r, v, w)
-            _add_edge(r, u, w, best)
+            _add_edge(r, u, w, through)
         for u in list(r.adj.get(v, ())):
             _del_edge(r, u, v)
         r.alive[v] = False

@@ -96,9 +96,9 @@ def reshard_steps(src: ShardingSpec, dst: ShardingSpec, shape: Sequence[int], dt
         used = in_use()
         sliced = False
         for i in range(len(dims)):
-            while (a := needed_next(i)) is not None and a not in used:
-                dims[i] = dims[i] + (a,)
-                used.add(a)
+            while (nxt := needed_next(i)) is not None and nxt not in used:
+                dims[i] = dims[i] + (nxt,)
+                used.add(nxt)
                 sliced = True
         if sliced:
             continue
