@@ -106,7 +106,7 @@ def replicated_strategy(ctx: RuleContext, name: str = "replicated") -> Strategy:
 
 
 def _specs(shapes: Sequence[tuple[int, ...]], which: str, slots: Sequence[Slot],
-           assign: dict[int, tuple[str, ...]], scalar_none: bool) -> tuple[ShardingSpec | None, ...] | None:
+           assign: dict[int, tuple[str, ...]], scalar_none: bool) -> tuple[ShardingSpec | None, ...]:
     out: list[ShardingSpec | None] = []
     for k, shape in enumerate(shapes):
         dims: list[tuple[str, ...]] = [()] * len(shape)
@@ -116,6 +116,12 @@ def _specs(shapes: Sequence[tuple[int, ...]], which: str, slots: Sequence[Slot],
                 dims[d] = dims[d] + axes
         out.append(None if scalar_none and not shape else ShardingSpec(tuple(dims)))
     return tuple(out)
+
+
+def _out_specs(shapes: Sequence[tuple[int, ...]], slots: Sequence[Slot],
+               assign: dict[int, tuple[str, ...]]) -> tuple[ShardingSpec, ...]:
+    """``_specs`` of the outputs, where even a scalar gets a (replicated) spec."""
+    return tuple(s for s in _specs(shapes, "out_dims", slots, assign, scalar_none=False) if s is not None)
 
 
 def _label(slots: Sequence[Slot], assign: dict[int, tuple[str, ...]]) -> str:
@@ -144,7 +150,7 @@ def enumerate_slot_strategies(ctx: RuleContext, slots: Sequence[Slot], reduce_op
             if si >= 0:
                 assign[si] = assign.get(si, ()) + (a,)
         in_specs = _specs(ins_shapes, "in_dims", slots, assign, scalar_none=True)
-        out_specs = _specs(outs_shapes, "out_dims", slots, assign, scalar_none=False)
+        out_specs = _out_specs(outs_shapes, slots, assign)
         if not all(s is None or s.divides(sh, mesh) for s, sh in zip(in_specs, ins_shapes)):
             continue
         if not all(s.divides(sh, mesh) for s, sh in zip(out_specs, outs_shapes)):
