@@ -23,7 +23,7 @@ import itertools
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, cast
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from autopar.cost_models.traffic import traffic_key
 from autopar.cost_models.memory import FUSIBLE, last_uses, materialised
 from autopar.ir.graph import Graph, Role
 from autopar.planner.layer_ties import input_ties, op_ties, state_ties
-from autopar.planner.problem import Edge, MemoryGroup, ShardingProblem
+from autopar.planner.problem import Edge, Matrix, MemoryGroup, ShardingProblem
 from autopar.sharding.reshard import CollectiveStep, reshard_steps
 from autopar.sharding.rules import strategies_for
 from autopar.sharding.spec import ShardingSpec
@@ -328,14 +328,14 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
         if rep_t is not None and rep_t in owner:
             owner[tid] = owner[rep_t]
             continue
-        specs = [s for s in candidate_specs(t.shape, mesh) if input_filter is None or input_filter(t, s)]
-        if not specs:
-            specs = [ShardingSpec.replicated(len(t.shape))]
+        allowed = [s for s in candidate_specs(t.shape, mesh) if input_filter is None or input_filter(t, s)]
+        if not allowed:
+            allowed = [ShardingSpec.replicated(len(t.shape))]
         v = len(nodes)
-        nodes.append(NodeInfo("input", tid, t.name or repr(t), tuple(_input_strategy(s) for s in specs)))
-        costs.append(np.zeros(len(specs)))
-        compute.append(np.zeros(len(specs)))
-        owner[tid] = (v, tuple(specs))
+        nodes.append(NodeInfo("input", tid, t.name or repr(t), tuple(_input_strategy(s) for s in allowed)))
+        costs.append(np.zeros(len(allowed)))
+        compute.append(np.zeros(len(allowed)))
+        owner[tid] = (v, tuple(allowed))
 
     followers: dict[int, tuple[int, tuple[Strategy, ...]]] = {}
 
@@ -417,9 +417,9 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
             followers[op.id] = (v, chosen)
             merged[v].append(op.id)
             continue
-        main = _follow_operand(graph, op, visible)
-        if main is not None:
-            v, specs = owner[main]
+        followed = _follow_operand(graph, op, visible)
+        if followed is not None:
+            v, specs = owner[followed]
             for o in op.outputs:
                 owner[o] = (v, specs)
             shards_cost = follower_costs(op, specs)
@@ -429,7 +429,7 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
             merged[v].append(op.id)
             for tid in op.inputs:
                 other = graph.tensors[tid].shape
-                if tid == main or len(other) != len(outs[0].shape):
+                if tid == followed or len(other) != len(outs[0].shape):
                     continue  # scalars broadcast for free
                 # an operand broadcast along size-1 dims (a bias [1, h] added to [b, h]) must arrive
                 # split like the output on its full-size dims and whole on its size-1 dims
@@ -445,8 +445,8 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
             capped_strategies(rules_of(op), mesh))
         v = rep if rep is not None else len(nodes)
         for k, tid in enumerate(op.inputs):
-            wanted = [s.in_specs[k] if k < len(s.in_specs) else None for s in strategies]
-            em = edge_matrix(tid, wanted, consumer=v, wanted_key=("op", id(strategies), k))
+            wants: list[ShardingSpec | None] = [s.in_specs[k] if k < len(s.in_specs) else None for s in strategies]
+            em = edge_matrix(tid, wants, consumer=v, wanted_key=("op", id(strategies), k))
             if em is not None:
                 pending.append(em)
         comp = np.array([compute_time(op, s.work_shards) for s in strategies])
@@ -470,8 +470,9 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
                 scatters = any(c.kind == "reduce-scatter" for s in strategies for c in s.comm)
                 held_cache[hkey] = np.array([output_buffer_bytes(s, k, graph.tensors[o], mesh)
                                              for s in strategies]) if scatters else None
-            if held_cache[hkey] is not None:
-                held[o] = held_cache[hkey]
+            buffers = held_cache[hkey]
+            if buffers is not None:
+                held[o] = buffers
         for u, m in pending:
             add_edge(u, v, m)
         pending.clear()
@@ -487,7 +488,7 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
     problem = ShardingProblem(
         node_names=tuple(n.label for n in nodes),
         node_costs=tuple(tuple(c) for c in costs),
-        edges=tuple(Edge(u, v, m) for (u, v), m in sorted(edges.items())),
+        edges=tuple(Edge(u, v, cast(Matrix, m)) for (u, v), m in sorted(edges.items())),   # rows converted there
         memory=tuple(tuple(m) for m in memory),
         memory_groups=groups,
         memory_budget=budget,
@@ -508,8 +509,9 @@ def _propagate(op: Any, mapped: tuple[int, int], owner: Mapping[int, Any],
     _, specs = owner[main]
     by_input: dict[ShardingSpec, Strategy] = {}
     for s in rule_strategies:
-        if not s.comm and s.in_specs[k] is not None:
-            by_input.setdefault(s.in_specs[k], s)
+        spec = s.in_specs[k]
+        if not s.comm and spec is not None:
+            by_input.setdefault(spec, s)
     if any(p not in by_input for p in specs):
         return None
     return tuple(by_input[p] for p in specs)

@@ -67,8 +67,8 @@ def graph_fingerprint(graph: Graph) -> str:
     for op in graph.ops:
         h.update(op.primitive.encode())
         h.update(str(len(op.inputs)).encode())
-        for t in op.outputs:
-            h.update(str(graph.tensors[t].shape).encode())
+        for tid in op.outputs:
+            h.update(str(graph.tensors[tid].shape).encode())
     return h.hexdigest()[:16]
 
 
@@ -187,11 +187,19 @@ def zero_rules(method: ZeroParallel, graph: Graph, mesh: LogicalMesh) -> dict[in
     assert allow_in is not None
     shard = _all_axes_filter(mesh)
     rules: dict[int, Callable[[ShardingSpec], bool]] = {}
+    def sharded_like(t: Any) -> Callable[[ShardingSpec], bool]:
+        return lambda spec: shard(t, spec)
+
+    def allowed_like(t: Any) -> Callable[[ShardingSpec], bool]:
+        return lambda spec: allow_in(t, spec)
+
+    def whole(spec: ShardingSpec) -> bool:
+        return spec.is_replicated
+
     for g in gradient_tensors(graph):
-        t = graph.tensors[g]
-        rules[g] = (lambda spec, t=t: shard(t, spec)) if method.stage >= 2 else (lambda spec: spec.is_replicated)
+        rules[g] = sharded_like(graph.tensors[g]) if method.stage >= 2 else whole
     for o, i in state_outputs(graph).items():
-        rules[o] = lambda spec, t=graph.tensors[i]: allow_in(t, spec)
+        rules[o] = allowed_like(graph.tensors[i])
     return rules
 
 
@@ -415,7 +423,7 @@ def fixed_tensors(ip: IntraOpProblem) -> list[int]:
 def planned_ops(ip: IntraOpProblem) -> list[int]:
     """Ops whose outputs' specs the plan decides: op nodes, their tied ops, and every node's merged followers
     (left unpinned, XLA's sharding propagation may lay a follower out differently from the plan)."""
-    out = []
+    out: list[int] = []
     for node in ip.nodes:
         out.extend(node.merged_ops)
         if node.kind == "op":
