@@ -123,7 +123,7 @@ class _Builder:
 
 def _default_matmul_precision() -> str | None:
     """``jax_default_matmul_precision`` at trace time, lower-case (None: the backend default)."""
-    value = jax.config.jax_default_matmul_precision
+    value = jax.config.jax_default_matmul_precision  # type: ignore[attr-defined]  # options are set at runtime
     return None if value is None else str(value).lower()
 
 

@@ -14,7 +14,7 @@ stage. Fixed layouts skip the DP. Manual3D is a fixed layout: ``pp`` stages of b
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence, cast
 
 from autopar.cost_models.cluster import ClusterSpec
 from autopar.ir.graph import Graph
@@ -32,7 +32,8 @@ def method_options(method: Method) -> dict[str, Any]:
 
 def microbatch_candidates(batch: int, at_least: int = 1, most: int = 6) -> list[int]:
     """Powers of two times ``at_least`` that divide the batch size (largest kept: one sample per microbatch)."""
-    out, m = [], max(1, at_least)
+    out: list[int] = []
+    m = max(1, at_least)
     while m <= batch and len(out) < most:
         if batch % m == 0:
             out.append(m)
@@ -107,9 +108,9 @@ def plan_pipelined(trace_at: TraceAt, batch: int, cluster: ClusterSpec, method: 
                              f"{method.dp * method.tp * method.pp} devices but {n} are planned for; make "
                              f"dp x tp x pp = {n}")
         m = method.num_microbatches or microbatch_candidates(batch, 2 * method.pp if method.pp > 1 else 1)[0]
-        remat = method.remat != "none"
+        recompute = method.remat != "none"
         return plan_fixed(trace_at(m), cluster, method.pp, method.pp, [method.dp * method.tp] * method.pp,
-                          [(method.dp, method.tp)] * method.pp, [remat] * method.pp, m, "1f1b", memory_budget,
+                          [(method.dp, method.tp)] * method.pp, [recompute] * method.pp, m, "1f1b", memory_budget,
                           solver, time_limit_s, method, batch_on_first_axis=True)
     if not isinstance(method, PipeshardParallel):
         raise TypeError(f"plan_pipelined does not plan {type(method).__name__}")
@@ -123,11 +124,13 @@ def plan_pipelined(trace_at: TraceAt, batch: int, cluster: ClusterSpec, method: 
         return search_stages(trace_at, batch, cluster, method, memory_budget=memory_budget, solver=solver,
                              time_limit_s=time_limit_s)
     p = method.stages if isinstance(method.stages, int) else len(method.stages)
-    stages: list[int] | int = method.stages if isinstance(method.stages, int) else list(method.stages)
+    stages: list[int] | int = method.stages if isinstance(method.stages, int) \
+        else list(cast(Sequence[int], method.stages))
     devices = list(method.submeshes) if method.submeshes is not None else _equal_devices(n, p)
     if len(devices) != p:
         raise ValueError(f"submeshes={list(devices)} gives {len(devices)} stages' devices for {p} stages")
-    logical = [tuple(x) for x in method.logical_meshes] if method.logical_meshes is not None else [None] * p
+    logical: list[tuple[int, ...] | None] = [tuple(x) for x in method.logical_meshes] \
+        if method.logical_meshes is not None else [None] * p
     for d, lm in zip(devices, logical):
         if lm is not None and math.prod(lm) != d:
             raise ValueError(f"logical mesh {lm} has {math.prod(lm)} devices but its stage has {d}")

@@ -268,9 +268,9 @@ def _transfer_time(split: StageSplit, s: int, cluster: ClusterSpec, device_count
     received = {t for o in split.stage_ops(s) if o in split.microbatched for t in g.ops[o].inputs}
     for t in sorted(received):
         p = g.tensors[t].producer
-        if p is None or p not in split.microbatched or split.op_stage[p] == s:
+        src = split.op_stage[p] if p is not None and p in split.microbatched else None
+        if src is None or src == s:
             continue
-        src = split.op_stage[p]
         span = max(start[s] + device_counts[s], start[src] + device_counts[src]) - min(start[s], start[src])
         link = next(l for l in cluster.links if l.span >= span)
         total += g.tensors[t].nbytes / (link.bandwidth * min(device_counts[s], device_counts[src])) + link.latency
@@ -307,7 +307,8 @@ def _stash_tensors(split: StageSplit, s: int, remat: bool) -> list[int]:
 
 def _averaged_tensors(split: StageSplit, s: int) -> list[int]:
     """The sums over microbatches stage ``s`` keeps for its update (parent ids)."""
-    return [t for t in split.averaged if split.op_stage[split.graph.tensors[t].producer] == s]
+    producers = ((t, split.graph.tensors[t].producer) for t in split.averaged)
+    return [t for t, p in producers if p is not None and split.op_stage[p] == s]
 
 
 def _stash_bytes(split: StageSplit, s: int, specs: dict[int, ShardingSpec], res: IntraOpResult,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -141,7 +141,7 @@ def layer_costs(graph: Graph, layers: list[int | None], cluster: ClusterSpec, op
     return out, solved
 
 
-def _range_tables(costs: list[list[LayerCost | None]], options: list[tuple[int, tuple[int, ...]]], m: int,
+def _range_tables(costs: list[list[LayerCost | None]], options: Sequence[MeshOption], m: int,
                   schedule: str, limit: float, max_stages: int) -> tuple[np.ndarray, np.ndarray]:
     """time[remat, o, k, j] of layers [k, j) as one stage, and fits[remat, o, k, j, s]: whether it fits with
     s stages from it to the end (s = 1..max_stages)."""
@@ -151,12 +151,9 @@ def _range_tables(costs: list[list[LayerCost | None]], options: list[tuple[int, 
     for o in range(n_opt):
         for k in range(k_all):
             t = fwd = peak = stash = 0.0
-            ok = True
             for j in range(k + 1, k_all + 1):
                 c = costs[j - 1][o]
                 if c is None:
-                    ok = False
-                if not ok:
                     break
                 t, fwd, peak, stash = t + c.t_mb, fwd + c.t_fwd, peak + c.peak, stash + c.stash
                 inputs = costs[k][o].inputs  # type: ignore[union-attr]
@@ -168,7 +165,7 @@ def _range_tables(costs: list[list[LayerCost | None]], options: list[tuple[int, 
     return times, fits
 
 
-def stage_dp(costs: list[list[LayerCost | None]], options: list[tuple[int, tuple[int, ...]]], n_devices: int,
+def stage_dp(costs: list[list[LayerCost | None]], options: Sequence[MeshOption], n_devices: int,
              dpn: int, m: int, schedule: str, limit: float,
              remat_choices: tuple[int, ...] = (0, 1)) -> list[tuple[int, int, int, bool]] | None:
     """The best layout: a list of (first layer, end layer, option index, remat), or None when nothing fits."""
@@ -203,7 +200,7 @@ def stage_dp(costs: list[list[LayerCost | None]], options: list[tuple[int, tuple
     return layout
 
 
-def _dp_for(times: np.ndarray, fits: np.ndarray, options: list[tuple[int, tuple[int, ...]]], n_devices: int,
+def _dp_for(times: np.ndarray, fits: np.ndarray, options: Sequence[MeshOption], n_devices: int,
             dpn: int, max_stages: int, t_max: float, d_idx: np.ndarray,
             remat_choices: tuple[int, ...] = (0, 1)) -> tuple[list[np.ndarray], list[np.ndarray]]:
     k_all = times.shape[2] - 1
@@ -453,14 +450,14 @@ def uniform_ranking(costs: list[list[LayerCost | None]], variants: list[MeshOpti
                 continue                           # rematerialize only where the stages do not fit without
             times = []
             for s, (a, b) in enumerate(ranges):
-                cs = [costs[l][o] for l in range(a, b)]
-                if any(c is None for c in cs):
+                cs = [c for c in (costs[l][o] for l in range(a, b)) if c is not None]
+                if len(cs) != b - a:
                     break
                 keep = m if schedule == "gpipe" else min(p - s, m)
-                held = cs[0].inputs if r else sum(c.stash for c in cs)  # type: ignore[union-attr]
-                if sum(c.peak for c in cs) + (keep - 1) * held > limit:  # type: ignore[union-attr]
+                held = cs[0].inputs if r else sum(c.stash for c in cs)
+                if sum(c.peak for c in cs) + (keep - 1) * held > limit:
                     break
-                times.append(sum(c.t_mb + (c.t_fwd if r else 0.0) for c in cs))  # type: ignore[union-attr]
+                times.append(sum(c.t_mb + (c.t_fwd if r else 0.0) for c in cs))
             else:
                 seen.add((opt, bool(r)))
                 out.append((sum(times) + (m - 1) * max(times), o, bool(r)))
