@@ -7,8 +7,8 @@ none: ``"does not fit"`` (no plan within device memory; ``min_memory_bytes`` say
 Refuses: nothing: a baseline that fails to plan is recorded, never raised.
 
 Baselines (``BASELINE_KINDS`` in ``bench.suite``):
-- ``data``: ``autopar.DataParallel``; ``zero3``: ``autopar.ZeroParallel(stage=3)``: the whole batch per step,
-  or where that does not fit, the fastest gradient accumulation over Megatron's micro-batch sizes (``accumulated``);
+- ``data``: ``autopar.DataParallel``; ``zero3``: ``autopar.ZeroParallel(stage=3)``: the fastest that fits of
+  the whole batch per step and gradient accumulation at Megatron's micro-batch sizes (``accumulated``);
 - ``manual3d``: the best ``autopar.Manual3D(dp, tp, pp, num_microbatches, remat)`` over Megatron's grid
   (tensor parallelism inside a node, pipeline across, a few microbatch counts, remat off/full);
 - ``alpa``: the plan Alpa published for that model and cluster (``ALPA_PLANS``) as PipeshardParallel options.
