@@ -42,6 +42,7 @@ class Outcome:
     min_memory_bytes: float | None = None        # for "does not fit": the least per-device memory needed
     mesh_shape: tuple[int, ...] | None = None
     num_stages: int | None = None
+    layout: str | None = None                    # the plan in a line (``plan_layout``)
 
     @property
     def ok(self) -> bool:
@@ -85,7 +86,20 @@ def evaluate(fn: Callable[..., Any], args: tuple[Any, ...], cluster: Any, method
     search = float(plan.search.get("search_time_s", wall)) if isinstance(plan.search, Mapping) else wall
     return Outcome(label, "ok", step_time_s=float(est.step_time_s), mfu=float(est.mfu),
                    peak_memory_bytes=float(est.peak_memory_bytes), search_time_s=search,
-                   mesh_shape=tuple(plan.mesh_shape), num_stages=len(plan.stages))
+                   mesh_shape=tuple(plan.mesh_shape), num_stages=len(plan.stages), layout=plan_layout(plan))
+
+
+def plan_layout(plan: Any) -> str:
+    """``2 stages: layers 0-5 on (8,) remat, 6-11 on (2, 4); m = 512`` (one program: its mesh)."""
+    opts = plan.method_options or {}
+    if "stage_layers" not in opts:
+        return f"one program on {tuple(plan.mesh_shape)}"
+    remat = list(opts.get("remat") or [False] * len(plan.stages))
+    parts = [(f"{a}" if b - a == 1 else f"{a}-{b - 1}") + f" on {tuple(st.mesh_shape)}" + (" remat" if r else "")
+             for (a, b), st, r in zip(opts["stage_layers"], plan.stages, remat)]
+    parts[0] = "layers " + parts[0]
+    n = len(parts)
+    return f"{n} stage{'s' if n > 1 else ''}: {', '.join(parts)}; m = {opts.get('num_microbatches')}"
 
 
 def outcome_text(o: Outcome) -> str:

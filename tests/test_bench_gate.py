@@ -121,6 +121,7 @@ def test_baselines_and_ratios(suite_file: Path) -> None:
     assert math.isclose(rec["speedup_vs"]["data"], data["step_time_s"] / rec["step_time_s"])
     # ZeRO-3 shards the parameters and Adam state 8 ways; DataParallel replicates them.
     assert zero["peak_memory_bytes"] < data["peak_memory_bytes"]
+    assert rec["layout"] == "one program on (8,)" and data["layout"] == "one program on (8,)"
 
 
 def test_best_manual3d_is_the_fastest_of_its_grid(suite_file: Path) -> None:
