@@ -252,3 +252,17 @@ def test_manual3d_must_use_every_device() -> None:
     step, args = _fixture("mlp_tiny", 8)
     with pytest.raises(ValueError, match="dp x tp x pp = 8"):
         autopar.parallelize(step, batch_argnums=(1,), method=autopar.Manual3D(dp=2, tp=2, pp=1)).get_plan(*args)
+
+
+def test_a_stage_the_weighted_ilp_cannot_fit_takes_the_unweighted_plan_that_does() -> None:
+    """Wide-ResNet-2B on one p3.16xlarge as Manual3D(dp=8) with 12 microbatches: the fastest plan with the update
+    weighed 1/12 keeps the update's state whole (21.3 GiB), the re-planning ILP's memory row finds nothing
+    under 16 GiB, but the plan that weighs the update fully shards that state and fits (14.96 GiB); before this
+    fallback the configuration read "does not fit (needs 24.6 GiB)"."""
+    from bench.models.wide_resnet import wresnet_2b
+
+    step, args = wresnet_2b()
+    plan = autopar.plan(step, *args, cluster=autopar.ClusterSpec.preset("p3.16xlarge"),
+                        method=autopar.Manual3D(dp=8, num_microbatches=12), batch_argnums=(1,), donate_argnums=(0,))
+    assert plan.estimate.peak_memory_bytes <= 16 * 2**30
+    assert plan.method_options["num_microbatches"] == 12 and len(plan.stages) == 1
