@@ -13,7 +13,9 @@ the op split ``work_shards`` ways plus the time of the strategy's own collective
 
 Memory: one group at the program point where live memory peaks when everything is replicated (arguments,
 outputs and the temporaries live there), each node contributing the per-device bytes of its tensors in
-that set. The group is checked against the budget (or the device capacity when no budget is given).
+that set, plus the copies other microbatches hold (``HELD_COPIES``). The group is checked against the budget
+(or the device capacity when no budget is given). In a microbatched stage (``ONCE_PER_STEP``) the update
+ops' own costs weigh 1/m.
 Refuses: nothing silently: ops without rules are planned replicated by the rule table (with a warning).
 """
 
