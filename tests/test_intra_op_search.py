@@ -189,7 +189,8 @@ def test_held_copies_enter_the_memory_row_and_the_peak_at_the_chosen_spec() -> N
     import numpy as np
 
     from autopar.planner.estimate import estimate_plan
-    from autopar.planner.intra_op import HELD_COPIES, ONCE_PER_STEP
+    from autopar.planner.intra_op import ONCE_PER_STEP
+    from autopar.planner.memory_row import HELD_COPIES
     from autopar.planner.problem import evaluate
 
     graph = _graph()

@@ -105,7 +105,7 @@ def estimate_plan(ip: "IntraOpProblem", choices: Sequence[int], device: Any) -> 
         return float(t.nbytes) if spec is None else float(spec.bytes_per_device(t.shape, t.dtype, mesh))
 
     mem = estimate_memory(ip.graph, tensor_bytes, reshard_buffers(ip, choices), platform=device.kind)
-    from autopar.planner.intra_op import HELD_COPIES
+    from autopar.planner.memory_row import HELD_COPIES
 
     copies = ip.graph.annotations.get(HELD_COPIES, {})   # what other microbatches of a pipelined stage hold
     peak_bytes = mem.peak_bytes + sum(k * tensor_bytes(ip.graph.tensors[t]) for t, k in copies.items())

@@ -32,10 +32,11 @@ import numpy as np
 from autopar.cost_models.collectives import collective_time
 from autopar.cost_models.compute import op_cost
 from autopar.cost_models.traffic import traffic_key
-from autopar.cost_models.memory import FUSIBLE, last_uses, materialised
+from autopar.cost_models.memory import FUSIBLE
 from autopar.ir.graph import Graph, Role
 from autopar.planner.layer_ties import input_ties, op_ties, state_ties
-from autopar.planner.problem import Edge, Matrix, MemoryGroup, ShardingProblem
+from autopar.planner.memory_row import HELD_COPIES, memory_groups, replicated_peak
+from autopar.planner.problem import Edge, Matrix, ShardingProblem
 from autopar.sharding.reshard import CollectiveStep, reshard_steps
 from autopar.sharding.rules import strategies_for
 from autopar.sharding.spec import ShardingSpec
@@ -48,10 +49,6 @@ if TYPE_CHECKING:
 # that run once per step (the update) while the others run once for each of the m microbatches. The ILP
 # weighs their costs by 1 / m, so it trades per-microbatch time against update time as the step does.
 ONCE_PER_STEP = "once_per_step"
-# Graph annotation ``{tensor id: copies}``: values other microbatches of a pipelined stage hold all through the
-# program (the stashed activations of those in flight, the gradient sums): ``copies`` more buffers of the
-# tensor at its chosen spec, counted in the ILP's memory row and in the plan's peak.
-HELD_COPIES = "held_copies"
 
 # Two-operand contractions and lookups keep nodes of their own even with a single owned operand.
 NOT_MAPPED = frozenset({"dot_general", "conv_general_dilated", "gather", "scatter", "scatter-add",
@@ -239,7 +236,7 @@ def analyse_graph(graph: Graph, tie_layers: bool = True) -> GraphAnalysis:
     ties = op_ties(graph) if tie_layers else {}
     in_ties = input_ties(graph, ties) if tie_layers else {}
     in_ties.update(state_ties(graph, in_ties) if tie_layers else {})
-    resident, peak_point = _replicated_peak(graph)
+    resident, peak_point = replicated_peak(graph)
     return GraphAnalysis(tie_layers, ties, in_ties, resident, peak_point)
 
 
@@ -481,7 +478,7 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
 
     nodes = [NodeInfo(n.kind, n.key, n.label, n.strategies, tuple(merged.get(i, ())), tuple(tied.get(i, ())))
              for i, n in enumerate(nodes)]
-    memory, groups = _memory_groups(graph, mesh, owner, [len(n.strategies) for n in nodes], analysis.resident,
+    memory, groups = memory_groups(graph, mesh, owner, [len(n.strategies) for n in nodes], analysis.resident,
                                     held, graph.annotations.get(HELD_COPIES, {}))
     peak_point = analysis.peak_point
     budget: float | None = memory_budget if memory_budget is not None else float(device.memory_bytes)
@@ -540,65 +537,6 @@ def _follow_operand(graph: Graph, op: Any, owner: Mapping[int, Any]) -> int | No
         if tid in owner and graph.tensors[tid].shape == shape:
             return tid
     return None
-
-
-def _replicated_peak(graph: Graph) -> tuple[frozenset[int], int | None]:
-    """Tensors live where live memory peaks when everything is replicated (arguments + outputs + live
-    temporaries), and the op after which that happens."""
-    temps = {t.id for t in graph.tensors if materialised(graph, t)}
-    uses = last_uses(graph)
-    last_use = {t: uses[t] for t in temps}
-    live: set[int] = set()
-    live_bytes = 0.0
-    best, best_point, best_set = -1.0, None, set()
-    frees: dict[int, list[int]] = defaultdict(list)
-    for t, i in last_use.items():
-        frees[i].append(t)
-    for op in graph.ops:
-        for o in op.outputs:
-            if o in temps:
-                live.add(o)
-                live_bytes += graph.tensors[o].nbytes
-        if live_bytes > best:
-            best, best_point, best_set = live_bytes, op.id, set(live)
-        for t in frees.get(op.id, ()):
-            live.discard(t)
-            live_bytes -= graph.tensors[t].nbytes
-    return frozenset(set(graph.inputs) | set(graph.outputs) | best_set), best_point
-
-
-def _memory_groups(graph: Graph, mesh: "LogicalMesh", owner: Mapping[int, tuple[int, tuple[ShardingSpec, ...]]],
-                   counts: Sequence[int], resident: frozenset[int], held: Mapping[int, np.ndarray] | None = None,
-                   copies: Mapping[int, float] | None = None) -> tuple[list[np.ndarray], tuple[MemoryGroup, ...]]:
-    """Per-node bytes of the ``resident`` tensors (those live at the replicated peak), plus ``copies`` more
-    buffers of the tensors in ``HELD_COPIES``, as one group."""
-    num_nodes = len(counts)
-    memory = [np.zeros(n) for n in counts]
-    vec_cache: dict[tuple[int, Any, Any], np.ndarray] = {}
-
-    def bytes_of(tid: int) -> tuple[int, np.ndarray]:
-        v, specs = owner[tid]
-        t = graph.tensors[tid]
-        key = (id(specs), t.shape, t.dtype)   # owner tuples are shared by tied tensors and live all along
-        if key not in vec_cache:
-            vec_cache[key] = np.array([s.bytes_per_device(t.shape, t.dtype, mesh) for s in specs], dtype=float)
-        return v, vec_cache[key]
-
-    for tid in sorted(resident):
-        if tid not in owner:
-            continue
-        v, vec = bytes_of(tid)
-        if held and tid in held:
-            vec = np.maximum(vec, held[tid])
-        memory[v] = memory[v] + vec
-    for tid, k in sorted((copies or {}).items()):
-        if tid in owner:
-            v, vec = bytes_of(tid)
-            memory[v] = memory[v] + k * vec
-    const_bytes = sum(graph.tensors[t].nbytes for t in resident if t not in owner) + sum(
-        k * graph.tensors[t].nbytes for t, k in (copies or {}).items() if t not in owner)
-    group = MemoryGroup(nodes=tuple(sorted(v for v in range(num_nodes) if memory[v].any())), base_bytes=const_bytes)
-    return memory, (group,)
 
 
 def _aliases(graph: Graph, owner: Mapping[int, tuple[int, tuple[ShardingSpec, ...]]]) -> tuple[Any, ...]:

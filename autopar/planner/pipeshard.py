@@ -29,7 +29,8 @@ from autopar.methods import Method, ShardParallel
 from autopar.pipeline.partition import BACKWARD, FORWARD, StageSplit, split_stages
 from autopar.pipeline.schedule import bubble_of, in_flight, pipeline_time
 from autopar.plan import Estimate, Plan, StagePlan
-from autopar.planner.intra_op import HELD_COPIES, ONCE_PER_STEP
+from autopar.planner.intra_op import ONCE_PER_STEP
+from autopar.planner.memory_row import HELD_COPIES
 from autopar.planner.problem import InfeasibleMemoryError, SolverTimeLimitError, format_bytes
 from autopar.planner.shard_parallel import IntraOpResult, fixed_tensors, graph_fingerprint, plan_intra_op
 from autopar.sharding.spec import ShardingSpec
