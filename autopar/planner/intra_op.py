@@ -97,15 +97,24 @@ class IntraOpProblem:
         """The spec of every non-constant tensor under the chosen strategies."""
         return {t: specs[choices[node]] for t, (node, specs) in self.tensor_owner.items()}
 
+    def compute_of(self, choices: Sequence[int], which: Callable[[int], bool]) -> float:
+        """Compute time of the ops (ids of this graph) that satisfy ``which`` under ``choices``, each on its own
+        also where it was folded into another op's node."""
+        return float(sum(vec[choices[v]] for o, (v, vec) in self.op_compute.items() if which(o)))
+
     def weighted_time(self, step_time_s: float, choices: Sequence[int]) -> float:
         """``step_time_s`` of the program as the ILP weighs it (``ONCE_PER_STEP``): the update's compute
         counted 1 / m times; ``step_time_s`` itself where the graph is not a microbatched one."""
-        m, once_ids = self.graph.annotations.get(ONCE_PER_STEP, (1, ()))
-        if m <= 1 or not once_ids:
+        m, once = once_per_step(self.graph)
+        if m <= 1 or not once:
             return step_time_s
-        once = frozenset(once_ids)
-        update = sum(vec[choices[v]] for o, (v, vec) in self.op_compute.items() if o in once)
-        return step_time_s - (1.0 - 1.0 / m) * float(update)
+        return step_time_s - (1.0 - 1.0 / m) * self.compute_of(choices, once.__contains__)
+
+
+def once_per_step(graph: Graph) -> tuple[int, frozenset[int]]:
+    """``ONCE_PER_STEP`` of ``graph``: (m, the update's op ids); (1, nothing) on a graph without it."""
+    m, ids = graph.annotations.get(ONCE_PER_STEP, (1, ()))
+    return int(m), frozenset(ids)
 
 
 # Strategies kept per op, by the number of mesh axes of size > 1: the rule order puts the most divided,
@@ -256,8 +265,7 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
     ``analysis``: ``analyse_graph(graph, tie_layers)``, when the caller builds several meshes of one graph.
     """
     cache = _CostCache(mesh)
-    m_steps, once_ids = graph.annotations.get(ONCE_PER_STEP, (1, ()))
-    once = frozenset(once_ids)
+    m_steps, once = once_per_step(graph)
 
     def weight(op_id: int) -> float:
         """The ILP's weight of an op's own cost: 1 / m for the update of an m-microbatch step."""

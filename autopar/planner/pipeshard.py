@@ -268,8 +268,7 @@ def _compute_of(res: IntraOpResult, sub: Subgraph, which: Any) -> float:
     """Compute time of the stage's ops (parent op ids) that satisfy ``which``, under the chosen strategies: each
     op on its own, also where the ILP folded it into another op's node (an optimizer update following the
     gradient it reads, a backward elementwise op following a forward value)."""
-    ip, choices = res.intra, res.solution.choices
-    return float(sum(vec[choices[v]] for o, (v, vec) in ip.op_compute.items() if which(sub.parent_op[o])))
+    return res.intra.compute_of(res.solution.choices, lambda o: which(sub.parent_op[o]))
 
 
 def _transfer_time(split: StageSplit, s: int, cluster: ClusterSpec, device_counts: Sequence[int]) -> float:
