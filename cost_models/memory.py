@@ -37,7 +37,17 @@ platform's XLA rewrites it into several HLO ops. XLA:CPU has two that matter for
   cross-entropy's ``onehot * logp``, a select to XLA) stays in a loop fusion whose output the reduction
   reads as a buffer, and the walk back stops there (the one-hot is recomputed by each reader).
 GPU and TPU run the first two ops natively (cuDNN / the TPU convolution unit take any dimension numbers through
-layout assignment; GPU emits select-and-scatter directly), so neither rule is registered for them.
+layout assignment; GPU emits select-and-scatter directly), so neither rule is registered for them. XLA:GPU
+(measured on H100 and H200 dumps of whole train steps, jax 0.11.2) has its own:
+- its priority fusion recomputes ``exp`` and ``logistic`` in every fusion that reads them, as it does the cheap
+  ops (``platform_duplicated``): a softmax keeps the (bf16) scores it is computed from, not an f32 exp;
+- a ``rev`` read only as convolution kernels is folded into cuDNN's backward-input convolution
+  (``platform_folds``);
+- an HWIO kernel of an NHWC convolution gets one copy in cuDNN's ``[out, spatial..., in]`` layout, which every
+  reader of the kernel then reads, the update included (``_conv_kernel_relayout_gpu``).
+It also runs every weight gradient after the whole input-gradient chain (not modelled: program order is kept,
+see docs/cost_model.md for why), and recomputes the tanh of a tanh-GELU in fp32 on an H100 but keeps it on an
+H200 and in bf16 (kept here).
 The expansions are placed at the op, in program order. Known gaps (XLA:CPU, jax 0.10.2): at larger per-device
 batches XLA's scheduler runs the select half and the operand transposes in the forward pass, where their inputs
 are made, and holds the results until the backward op (not modelled: whether it hoists depends on the sizes —
@@ -133,7 +143,8 @@ def _writes_into_output(g: "Graph", t: "Tensor", depth: int = 6) -> bool:
     return False
 
 
-def materialised(g: "Graph", t: "Tensor") -> bool:
+def materialised(g: "Graph", t: "Tensor", platform: str = "") -> bool:
+    """Whether XLA gives ``t`` a buffer of its own on ``platform`` (a ``DeviceSpec.kind``; "" for none)."""
     if t.producer is None or t.is_output:
         return False
     producer = g.ops[t.producer]
@@ -141,13 +152,25 @@ def materialised(g: "Graph", t: "Tensor") -> bool:
         return True
     if _writes_into_output(g, t) or _folded_into_dots(g, producer, t):
         return False
+    if platform_folds.get(platform, _never)(g, producer, t):
+        return False
     if producer.primitive not in FUSIBLE:
         return True
     consumers = [g.ops[c] for c in t.consumers]
     if any(c.primitive not in FUSES_INPUTS for c in consumers):
         return True
-    if len({c.id for c in consumers}) > 1 and producer.primitive not in CHEAP:
+    if len({c.id for c in consumers}) > 1 and not _duplicated(producer, platform):
         return True  # XLA duplicates only cheap producers into several consumers
+    return False
+
+
+def _duplicated(producer: "Op", platform: str) -> bool:
+    """Whether XLA recomputes ``producer`` in each fusion that reads it rather than giving it a buffer: the
+    cheap ops everywhere, and on some platforms more (``platform_duplicated``)."""
+    return producer.primitive in CHEAP or producer.primitive in platform_duplicated.get(platform, frozenset())
+
+
+def _never(g: "Graph", producer: "Op", t: "Tensor") -> bool:
     return False
 
 
@@ -196,23 +219,26 @@ def _fused(g: "Graph", t: "Tensor", mat: dict[int, bool]) -> bool:
     return g.ops[t.producer].primitive in FUSIBLE and not _writes_into_output(g, t)
 
 
-_STRUCTURE: "weakref.WeakKeyDictionary[Graph, tuple[dict[int, bool], dict[int, int]]]" = weakref.WeakKeyDictionary()
+Structure = tuple[dict[int, bool], dict[int, int]]
+_STRUCTURE: "weakref.WeakKeyDictionary[Graph, dict[str, Structure]]" = weakref.WeakKeyDictionary()
 
 
-def _structure(g: "Graph") -> tuple[dict[int, bool], dict[int, int]]:
-    """Which values get buffers and where each is last read: mesh-independent, so computed once per graph (the
-    planner estimates one graph on many meshes)."""
-    hit = _STRUCTURE.get(g)
+def _structure(g: "Graph", platform: str = "") -> Structure:
+    """Which values get buffers and where each is last read: mesh-independent, so computed once per graph and
+    platform (the planner estimates one graph on many meshes). Platforms without their own fusion rules share
+    the default entry."""
+    key = platform if platform in platform_duplicated or platform in platform_folds else ""
+    per_graph = _STRUCTURE.setdefault(g, {})
+    hit = per_graph.get(key)
     if hit is None:
-        mat = {t.id: materialised(g, t) for t in g.tensors}
-        hit = (mat, _last_uses(g, mat))
-        _STRUCTURE[g] = hit
+        mat = {t.id: materialised(g, t, key) for t in g.tensors}
+        hit = per_graph[key] = (mat, _last_uses(g, mat))
     return hit
 
 
-def last_uses(g: "Graph") -> dict[int, int]:
+def last_uses(g: "Graph", platform: str = "") -> dict[int, int]:
     """tensor id -> the last op that reads it, directly or through fused values computed from it."""
-    return dict(_structure(g)[1])
+    return dict(_structure(g, platform)[1])
 
 
 def _last_uses(g: "Graph", mat: dict[int, bool]) -> dict[int, int]:
@@ -251,7 +277,7 @@ def estimate_memory(g: "Graph", tensor_bytes: TensorBytes | None = None,
 
     last_use: dict[int, int] = {}
     live_from: dict[int, float] = {}
-    mat, uses = _structure(g)
+    mat, uses = _structure(g, platform)
     for t in g.tensors:
         if mat[t.id]:
             live_from[t.id] = size(t)
@@ -452,8 +478,68 @@ def _reduction_shared_input_cpu(g: "Graph", op: "Op", size: TensorBytes) -> list
 # Reductions XLA:CPU (jax 0.10.2) emits as ``__ynn_fusion`` custom fusions (checked: sum, max).
 YNN_REDUCTIONS = frozenset({"reduce_sum", "reduce_max", "reduce_min"})
 
+
+# ---- XLA:GPU (jax 0.11.2; measured on an H100 and an H200, bench/data/*/step_fidelity.json) ---------------
+def _rev_folded_into_convs_gpu(g: "Graph", producer: "Op", t: "Tensor") -> bool:
+    """XLA:GPU's convolution rewriter turns a convolution with a reversed kernel (an input gradient's flipped
+    kernel) into a cuDNN backward-input convolution that reads the kernel itself: a ``rev`` read only as
+    convolution kernels gets no buffer (the compiled Wide-ResNet step has no ``reverse`` left)."""
+    return producer.primitive == "rev" and bool(t.consumers) and all(
+        g.ops[c].primitive == "conv_general_dilated" and g.ops[c].inputs[1] == t.id for c in t.consumers)
+
+
+def _conv_kernel_relayout_gpu(g: "Graph", op: "Op", size: TensorBytes) -> list[Buffer]:
+    """cuDNN reads the kernel of a convolution over NHWC activations as ``[out, spatial..., in]`` (KRSC); a
+    program input in another order (flax's HWIO) is copied into it once, by a transpose before the first
+    convolution that reads it, and XLA's layout assignment then feeds every other reader of the kernel from
+    that copy: the backward-input convolution, and the optimizer update, which works in the gradient's
+    (cuDNN's) layout and writes the transposed result into the output. So the copy lives from the first
+    convolution to the kernel's last reader (the update: all through a train step). Measured on Wide-ResNet
+    (H100, jax 0.11.2): one copy per HWIO kernel, 53 copies, 948.8 MiB, each read by the forward convolution,
+    the backward-input one and the update fusion. Other activation layouts are not measured and get none."""
+    dn = op.params.get("dimension_numbers")
+    kernel = g.tensors[op.inputs[1]]
+    if dn is None or getattr(dn, "lhs_spec", None) is None or kernel.id not in g.inputs:
+        return []
+    n = len(kernel.shape)
+    if tuple(dn.lhs_spec) != (0, n - 1, *range(1, n - 1)):
+        return []
+    rhs = tuple(dn.rhs_spec)
+    if (rhs[0], *rhs[2:], rhs[1]) == tuple(range(n)):
+        return []                                   # already [out, spatial..., in]
+    if min(c for c in kernel.consumers if g.ops[c].primitive == "conv_general_dilated"
+           and g.ops[c].inputs[1] == kernel.id) != op.id:
+        return []                                   # one copy, made for the first convolution
+    return [(size(kernel), op.id, _last_reader_gpu(g, kernel))]
+
+
+def _last_reader_gpu(g: "Graph", t: "Tensor") -> int:
+    """The last op that reads ``t``, looking through a ``rev`` folded into the convolutions that read it."""
+    def last(c: int) -> int:
+        op = g.ops[c]
+        out = g.tensors[op.outputs[0]] if op.outputs else None
+        return max(out.consumers) if out is not None and _rev_folded_into_convs_gpu(g, op, out) else c
+    return max(last(c) for c in t.consumers)
+
+
+# platform (DeviceSpec.kind) -> elementwise producers its XLA recomputes in every fusion that reads them, besides
+# ``CHEAP``. XLA:GPU's priority fusion has no "expensive op" veto: its cost model weighs the recomputation
+# against the memory round trip, and for exp (softmax and log-softmax: the attention's Triton normalization
+# fusions and the loss's reduction fusions recompute it from the scores / logits, in the forward and the
+# backward) and logistic (SiLU, recomputed in the backward) recomputation won in every measured step: in bf16
+# the model held the f32 exp where XLA holds the bf16 dot result it is computed from (gpt-125m bf16: 4.6 GiB of
+# attention, 1.6 GiB of loss; memory 1.327 -> 1.000 of XLA). tanh (tanh-GELU) is left out: XLA:GPU keeps it (a
+# second output of the GELU fusion) in bf16 on both GPUs and in fp32 on the H200, and recomputes it only in
+# fp32 on the H100 (likely its lower memory bandwidth tipping the same cost model); a rule keyed on the
+# platform cannot tell them apart.
+platform_duplicated: dict[str, frozenset[str]] = {"gpu": frozenset({"exp", "logistic"})}
+
+# platform -> producer whose result its XLA folds into the reading ops (no buffer); default: none.
+platform_folds: dict[str, Callable[["Graph", "Op", "Tensor"], bool]] = {"gpu": _rev_folded_into_convs_gpu}
+
 # platform (DeviceSpec.kind) -> primitive -> buffers its XLA expansion needs; default: none.
 platform_buffer_rules: dict[str, dict[str, BufferRule]] = {
     "cpu": {"select_and_scatter_add": _select_and_scatter_add_cpu, "conv_general_dilated": _conv_relayout_cpu,
             **{name: _reduction_shared_input_cpu for name in sorted(YNN_REDUCTIONS)}},
+    "gpu": {"conv_general_dilated": _conv_kernel_relayout_gpu},
 }

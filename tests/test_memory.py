@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import autopar
-from autopar.cost_models.memory import PROGRAMS_PER_SECTION, estimate_memory, materialised
+from autopar.cost_models.memory import PROGRAMS_PER_SECTION, estimate_memory, materialised, platform_buffer_rules
 from autopar.ir.graph import Section
 
 F32 = jnp.float32
@@ -183,7 +183,9 @@ def test_cpu_conv_gradient_relayout_copies_match_closed_form_and_xla(shape, cout
     closed = x.size * 4 + np.prod(y.shape) * 4 + kernel
     bwd = autopar.trace(step, x, w, y)
     assert estimate_memory(bwd, platform="cpu").temp_peak_bytes == closed
-    assert estimate_memory(bwd, platform="gpu").temp_peak_bytes == estimate_memory(bwd).temp_peak_bytes
+    # XLA:GPU runs these convolutions natively: its only temporary is the kernel's cuDNN-layout copy, where the
+    # default model holds the ``rev``'s buffer (both one kernel)
+    assert estimate_memory(bwd, platform="gpu").temp_peak_bytes == estimate_memory(bwd).temp_peak_bytes == kernel
     xla = jax.jit(step).lower(x, w, y).compile().memory_analysis().temp_size_in_bytes
     # jax 0.10's XLA matches the closed form; jax 0.12's writes a strided conv's weight gradient without the
     # canonical kernel-shaped buffer (measured: 49,152 and 81,920 bytes for the stride-2 cases, exactly one
@@ -297,3 +299,47 @@ def test_transpose_read_in_another_program_is_a_buffer():
     split = dataclasses.replace(g, annotations={**g.annotations, PROGRAMS_PER_SECTION: True})
     assert materialised(split, wt)
     assert (estimate_memory(split).temp_peak_bytes - estimate_memory(g).temp_peak_bytes) == wt.nbytes
+
+
+# ---- XLA:GPU (``platform_duplicated``, ``platform_folds``, ``platform_buffer_rules["gpu"]``) -----------------
+def test_gpu_recomputes_exp_and_logistic_in_every_reader_but_keeps_tanh():
+    # XLA:GPU's priority fusion recomputes exp (softmax, log-softmax) and logistic (SiLU) in every fusion that
+    # reads them (H100 and H200 dumps, jax 0.11.2); tanh (GELU) it keeps in bf16 on both and in fp32 on the H200,
+    # so the model keeps it. The default rule gives each a buffer once two fusions read it.
+    def f(x):
+        e, s, t = jnp.exp(x), jax.nn.sigmoid(x), jnp.tanh(x)
+        return [jnp.sum(v * x) for v in (e, s, t)] + [jnp.sum(v - x) for v in (e, s, t)]
+
+    g = autopar.trace(f, _sds(128, 128))
+    read_twice = [t for t in g.tensors if t.producer is not None and t.shape == (128, 128)
+                  and len(set(t.consumers)) == 2]
+    assert {g.ops[t.producer].primitive: (materialised(g, t), materialised(g, t, "gpu")) for t in read_twice} == {
+        "exp": (True, False), "logistic": (True, False), "tanh": (True, True)}
+    tile = 128 * 128 * 4
+    assert estimate_memory(g).temp_peak_bytes == 3 * tile
+    assert estimate_memory(g, platform="gpu").temp_peak_bytes == tile
+
+
+@pytest.mark.parametrize("kernel_spec, copies", [("HWIO", 1), ("OHWI", 0)])
+def test_gpu_conv_kernel_gets_one_cudnn_layout_copy_held_to_its_last_reader(kernel_spec, copies):
+    # cuDNN reads the kernel of an NHWC convolution as [out, h, w, in]: XLA:GPU transposes a HWIO kernel once,
+    # and the forward convolution, the input gradient's (its ``rev`` folded into a backward-input convolution)
+    # and the update all read that copy (Wide-ResNet on an H100: 53 copies, 948.8 MiB, each read by those
+    # three). An OHWI kernel is read as it is.
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(x, w, (1, 1), [(1, 1)] * 2,
+                                            dimension_numbers=("NHWC", kernel_spec, "NHWC"))
+
+    def step(x, w):
+        gx, gw = jax.grad(lambda x, w: jnp.sum(jnp.square(conv(x, w))), argnums=(0, 1))(x, w)
+        return gx, w - 0.1 * gw
+
+    w = _sds(3, 3, 32, 64) if kernel_spec == "HWIO" else _sds(64, 3, 3, 32)
+    g = autopar.trace(step, _sds(2, 8, 8, 32), w)
+    kernel = g.tensors[g.inputs[1]]
+    forward = min(c for c in kernel.consumers if g.ops[c].primitive == "conv_general_dilated")
+    rules = platform_buffer_rules["gpu"]
+    buffers = [b for op in g.ops for b in rules.get(op.primitive, lambda *a: [])(g, op, lambda t: float(t.nbytes))]
+    assert buffers == [(float(kernel.nbytes), forward, max(kernel.consumers))] * copies
+    (rev,) = [t for t in g.tensors if t.producer is not None and g.ops[t.producer].primitive == "rev"]
+    assert materialised(g, rev) and not materialised(g, rev, "gpu")

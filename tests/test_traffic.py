@@ -1,5 +1,6 @@
-"""Memory traffic under fusion (cost_models/traffic.py), and the compute model against measurements recorded on
-a real GPU (bench/data/h200: an H200, jax 0.11.2; re-predicted here with the current model, no GPU needed)."""
+"""Memory traffic under fusion (cost_models/traffic.py), and the compute and memory models against measurements
+recorded on real GPUs (bench/data/h200: an H200, bench/data/h100: an H100, both jax 0.11.2; re-predicted here with
+the current model, no GPU needed)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from autopar.cost_models.traffic import op_traffic, traffic_key
 S = jax.ShapeDtypeStruct
 F32 = jnp.float32
 DATA = Path(__file__).resolve().parent.parent / "bench" / "data" / "h200"
+H100 = DATA.parent / "h100"
 
 
 def _ops(g: autopar.Graph, prim: str) -> list:
@@ -63,10 +65,10 @@ def test_op_of_another_graph_has_no_traffic_entry() -> None:
     assert op_traffic(g, h.ops[0]) is None and traffic_key(g, h.ops[0]) is None
 
 
-def _replayed(cases: list[str]) -> dict:
+def _replayed(cases: list[str], data: Path = DATA) -> dict:
     from bench.step_fidelity import replay_case
 
-    recorded = {r["case"]: r for r in json.loads((DATA / "step_fidelity.json").read_text())}
+    recorded = {r["case"]: r for r in json.loads((data / "step_fidelity.json").read_text())}
     return {c: replay_case(recorded[c], profile=None, log=lambda _m: None) for c in cases}
 
 
@@ -74,13 +76,19 @@ FAST_CASES = ["gpt-125m-fp32-b8", "gpt-125m-bf16-b16", "wresnet-250m-fp32-b32"]
 ALL_CASES = FAST_CASES + ["moe-380m-fp32-b8", "llama-1b-bf16-b8", "gpt-350m-fp32-b8", "gpt-760m-bf16-b8"]
 
 
-def _check(records: dict) -> None:
+def _check(records: dict, fp32_memory: tuple[float, float] = (0.95, 1.05)) -> None:
     for name, r in records.items():
-        # whole train steps on one H200 (best of 5): before fusion-aware traffic and TF32 the model was 2.7-5.9x
-        # too slow; the catalog figures now predict 0.82-0.97 of the measured step
+        # whole train steps on one GPU (best of 5): before fusion-aware traffic and TF32 the model was 2.7-5.9x
+        # too slow on the H200; the catalog figures now predict 0.82-0.97 of the measured step there, 0.86-1.07
+        # on the H100
         assert 0.75 <= r.time_ratio <= 1.25, (name, r.time_ratio)
-        if "fp32" in name and "wresnet" not in name:
-            assert 0.95 <= r.memory_ratio <= 1.05, (name, r.memory_ratio)
+        # predicted / XLA:GPU peak memory (bench/data/*/step_fidelity.json, memory_analysis() of the same program)
+        if "bf16" in name:        # 1.23-1.33 before XLA:GPU's recomputed exp / logistic (memory.py); now 0.998-1.000
+            assert 0.97 <= r.memory_ratio <= 1.03, (name, r.memory_ratio)
+        elif "wresnet" in name:   # 0.84 before the cuDNN-layout kernel copies; XLA's deferred weight gradients remain
+            assert 0.88 <= r.memory_ratio <= 0.95, (name, r.memory_ratio)
+        else:
+            assert fp32_memory[0] <= r.memory_ratio <= fp32_memory[1], (name, r.memory_ratio)
 
 
 def test_recorded_h200_steps_are_predicted_within_25_percent() -> None:
@@ -90,6 +98,20 @@ def test_recorded_h200_steps_are_predicted_within_25_percent() -> None:
 @pytest.mark.slow
 def test_all_recorded_h200_steps_are_predicted_within_25_percent() -> None:
     _check(_replayed(ALL_CASES))
+
+
+# fp32 transformers on the H100: XLA:GPU recomputes the tanh-GELU's tanh in the backward there (and keeps it on the
+# H200, like the model): 1.06-1.13 of XLA, one tanh-sized activation per layer high
+H100_FP32_MEMORY = (1.0, 1.15)
+
+
+def test_recorded_h100_steps_are_predicted_within_25_percent() -> None:
+    _check(_replayed(FAST_CASES, H100), H100_FP32_MEMORY)
+
+
+@pytest.mark.slow
+def test_all_recorded_h100_steps_are_predicted_within_25_percent() -> None:
+    _check(_replayed(ALL_CASES, H100), H100_FP32_MEMORY)
 
 
 def test_recorded_h200_matmuls_and_convs_match_the_efficiency_table() -> None:

@@ -240,12 +240,13 @@ class GraphAnalysis:
     peak_point: int | None             # the op after which the replicated live set peaks
 
 
-def analyse_graph(graph: Graph, tie_layers: bool = True) -> GraphAnalysis:
-    """The mesh-independent part of ``build_intra_op`` (see ``GraphAnalysis``)."""
+def analyse_graph(graph: Graph, tie_layers: bool = True, platform: str = "") -> GraphAnalysis:
+    """The mesh-independent part of ``build_intra_op`` (see ``GraphAnalysis``) for a device of kind
+    ``platform``."""
     ties = op_ties(graph) if tie_layers else {}
     in_ties = input_ties(graph, ties) if tie_layers else {}
     in_ties.update(state_ties(graph, in_ties) if tie_layers else {})
-    resident, peak_point = replicated_peak(graph)
+    resident, peak_point = replicated_peak(graph, platform)
     return GraphAnalysis(tie_layers, ties, in_ties, resident, peak_point)
 
 
@@ -262,7 +263,8 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
     ``tie_layers``: ops (and the parameters they read) of structurally identical layers share one node
     (``autopar.planner.layer_ties``), so the problem grows with distinct layer kinds, not with depth.
 
-    ``analysis``: ``analyse_graph(graph, tie_layers)``, when the caller builds several meshes of one graph.
+    ``analysis``: ``analyse_graph(graph, tie_layers, device.kind)``, when the caller builds several meshes of
+    one graph.
     """
     cache = _CostCache(mesh)
     m_steps, once = once_per_step(graph)
@@ -271,7 +273,7 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
         """The ILP's weight of an op's own cost: 1 / m for the update of an m-microbatch step."""
         return 1.0 / m_steps if op_id in once else 1.0
     if analysis is None or analysis.tie_layers != tie_layers:
-        analysis = analyse_graph(graph, tie_layers)
+        analysis = analyse_graph(graph, tie_layers, device.kind)
     ties, in_ties = analysis.ties, analysis.in_ties
     node_of_op: dict[int, int] = {}
     tied: dict[int, list[int]] = defaultdict(list)

@@ -26,11 +26,11 @@ if TYPE_CHECKING:
 HELD_COPIES = "held_copies"
 
 
-def replicated_peak(graph: Graph) -> tuple[frozenset[int], int | None]:
+def replicated_peak(graph: Graph, platform: str = "") -> tuple[frozenset[int], int | None]:
     """Tensors live where live memory peaks when everything is replicated (arguments + outputs + live
-    temporaries), and the op after which that happens."""
-    temps = {t.id for t in graph.tensors if materialised(graph, t)}
-    uses = last_uses(graph)
+    temporaries, by ``platform``'s fusion rules: a ``DeviceSpec.kind``), and the op after which that happens."""
+    temps = {t.id for t in graph.tensors if materialised(graph, t, platform)}
+    uses = last_uses(graph, platform)
     last_use = {t: uses[t] for t in temps}
     live: set[int] = set()
     live_bytes = 0.0
