@@ -171,6 +171,77 @@ def test_identical_stages_and_repeated_layouts_share_intra_op_plans() -> None:
     assert small.solved == 6
 
 
+def test_a_stage_planned_at_another_microbatch_size_warm_starts_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same stage at two microbatch sizes: equal ``wiring_key``s (a different program's differs); the
+    second size's ILPs get the first's plan as a warm start, and plan exactly what a fresh cache plans."""
+    import dataclasses
+
+    import autopar
+    from autopar.ir.subgraph import structure_key, wiring_key
+    from autopar.planner import pipeshard
+    from autopar.planner.pipelined import plan_fixed
+    from bench.models import gpt
+
+    def graph(batch: int, layers: int = 2) -> autopar.Graph:
+        step, args = gpt.gpt(64, layers, 4, seq=32, vocab=256, batch_size=batch)
+        return autopar.trace(step, *args, batch_argnums=1)
+
+    small, large = graph(2), graph(4)
+    assert wiring_key(small) == wiring_key(large) != wiring_key(graph(2, layers=3))
+    assert structure_key(small) != structure_key(large)
+    cluster = dataclasses.replace(autopar.ClusterSpec.preset("p3.16xlarge", nodes=1), devices_per_node=2)
+    warm_sizes: list[int] = []
+    plan_intra_op = pipeshard.plan_intra_op
+
+    def spy(*args: Any, warm: Any = (), **kw: Any) -> Any:
+        warm_sizes.append(len(warm))
+        return plan_intra_op(*args, warm=warm, **kw)
+
+    monkeypatch.setattr(pipeshard, "plan_intra_op", spy)
+
+    def layout(g: autopar.Graph, cache: pipeshard.IntraOpCache) -> Any:
+        return plan_fixed(g, cluster, 1, 1, [2], [(2,)], [False], 1, "1f1b", None, "ortools", None,
+                          autopar.PipeshardParallel(), cache=cache)
+
+    cache = pipeshard.IntraOpCache()
+    layout(small, cache)
+    assert warm_sizes == [0]
+    warmed = layout(large, cache)
+    assert warm_sizes == [0, 1]
+    fresh = layout(large, pipeshard.IntraOpCache())
+    assert warmed.plan.estimate == fresh.plan.estimate and warmed.plan.stages == fresh.plan.stages
+
+
+def test_a_slow_layout_that_fits_by_the_layer_costs_does_not_hide_faster_ones_within_the_slack() -> None:
+    """The ranking lists the layouts that fit by the layer costs first, then those within the slack: one over
+    the bound in the first part must not end the search before the second (Wide-ResNet-2B at 24
+    microbatches: its Megatron layouts were never planned)."""
+    from types import SimpleNamespace
+
+    import autopar
+    from autopar.planner.stage_dp import UNIFORM_MARGIN, LayerCost, MeshOption, _LayoutSearch
+
+    variants = [MeshOption(1, (1,)), MeshOption(2, (2,))]
+    one = LayerCost(t_mb=2.0, t_fwd=0.5, t_apply=0.0, peak=1.0, stash=0.0, inputs=0.0)    # 2 stages: 10 s
+    two = LayerCost(t_mb=1.0, t_fwd=0.25, t_apply=0.0, peak=1.2, stash=0.0, inputs=0.0)   # 1 stage: 8 s, 2.4 B
+    planned: list[int] = []
+
+    class Search(_LayoutSearch):
+        def plan(self, stages: Any, opts: list[MeshOption], remat: list[bool]) -> Any:
+            self.tried.add(self._key(stages, opts, remat))
+            planned.append(opts[0].devices)
+            return SimpleNamespace(plan=SimpleNamespace(estimate=SimpleNamespace(step_time_s=7.9)))
+
+    search = Search(None, SimpleNamespace(num_devices=2), autopar.PipeshardParallel(remat=False),
+                    [[one, two], [one, two]], variants, 4, 2.0, None, "ortools", None,
+                    None)                                                      # type: ignore[arg-type]
+    first = 8.5                         # the DP's exact plan: 10 s > 8.5 (1 + margin) > 8 s
+    assert 10.0 > first * (1 + UNIFORM_MARGIN) > 8.0
+    search.uniform_layouts([1.0, 1.0], first)
+    assert planned == [2]
+    assert [e["estimated_step_time_s"] for e in search.entry["uniform"]] == [8.0]
+
+
 def test_megatron_layouts_that_do_not_fit_do_not_end_the_search() -> None:
     """The Megatron-shaped layouts are planned fastest-first by their layer-cost estimate; one whose exact plan
     does not fit only uses a try, so the layout after it (the one Manual3D would find) is still planned, and

@@ -106,3 +106,18 @@ def structure_key(g: Graph) -> str:
         h.update(f"{op.primitive}{op.inputs}{op.outputs}{op.section.value}".encode())
         h.update(repr(sorted((k, repr(v)) for k, v in op.params.items())).encode())
     return h.hexdigest()
+
+
+def wiring_key(g: Graph) -> str:
+    """Equal for graphs that are the same program up to array sizes: the same primitives, wiring, ranks, dtypes,
+    roles and sections, position by position (``structure_key`` without shapes and op parameters). A stage
+    traced at another microbatch size has the same wiring; its plan is a warm start for this one's."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in g.tensors:
+        h.update(f"{len(t.shape)}{t.dtype}{t.role.value}{t.producer}{t.is_output};".encode())
+    h.update(f"{g.inputs}{g.outputs}".encode())
+    for op in g.ops:
+        h.update(f"{op.primitive}{op.inputs}{op.outputs}{op.section.value}".encode())
+    return h.hexdigest()

@@ -15,12 +15,14 @@ tight constraints ``sum_j e[i, j] = x[u, i]`` and ``sum_i e[i, j] = x[v, j]``; m
 folded away by the reductions).
 
 Backend "ortools" is OR-Tools' MIP interface (pywraplp) with SCIP, single-threaded and deterministic, on the
-float model, stopped at a relative gap of ``MIP_RELATIVE_GAP`` (1e-4), started from a greedy hint (each
-node's cheapest strategy) so a time limit always leaves an
-incumbent when the hint fits the memory budget. A caller's ``hint`` (a warm start: another mesh's plan
-embedded, see ``shard_parallel.embed_choices``) replaces it when cheaper, after coordinate-descent polishing
-(``_polish``); a hint that fits is also a floor: a time-limited solve returns it when the solver found
-nothing better. ``time_limit_s`` bounds the whole call (reductions and model building included). It was picked over CP-SAT by measurement (see
+float model, stopped at a relative gap of ``MIP_RELATIVE_GAP`` (1e-4), started from the greedy start (each
+node's cheapest strategy) polished by coordinate descent (``_polish``), so a time limit always leaves an
+incumbent when the start fits the memory budget. A caller's ``hint`` (a warm start: another mesh's plan
+embedded, see ``shard_parallel.embed_choices``) replaces it when cheaper, polished the same way. The start is
+also a floor: a time-limited solve returns it when the solver found nothing better (unpolished, the greedy
+start is often infinite: each node's cheapest output against its neighbours' inputs; Wide-ResNet-2B's stage on
+a (4, 2) mesh at 96 microbatches, 380 nodes after the reductions: SCIP stopped at 60 s on a plan 38 % worse
+than the polished start). ``time_limit_s`` bounds the whole call (reductions and model building included). It was picked over CP-SAT by measurement (see
 ``bench/ilp_scaling.py``): on a 14-node random problem SCIP 0.14 s vs CP-SAT 1.4 s; CP-SAT found no
 incumbent in 0.5 s where SCIP starts from the hint. Backend "pulp" is PuLP's bundled CBC (one thread).
 Backend "ortools-cpsat" (CP-SAT, one worker, seed 0) is kept for comparison. CP-SAT needs integers: every
@@ -134,8 +136,8 @@ def solve(problem: ShardingProblem, backend: str = "ortools", time_limit_s: floa
                                                  time_limit_s - (time.perf_counter() - start))
     raw = _run(backend, model, left) if model.obj else _Raw("optimal", [])
     # the polished start, expanded (eliminated nodes at their best): a plan whenever it is feasible
-    warm = red.expand(start_local) if hint is not None or lean is not None else None
-    if warm is not None and not is_feasible(problem, warm):
+    warm: tuple[int, ...] | None = red.expand(start_local)
+    if warm is not None and not (is_feasible(problem, warm) and math.isfinite(evaluate(problem, warm))):
         warm = None
     if raw.status == "infeasible":
         _raise_infeasible(problem, backend, time_limit_s)
@@ -160,13 +162,12 @@ def solve(problem: ShardingProblem, backend: str = "ortools", time_limit_s: floa
 
 
 def _start(red: Reduced, hint: Sequence[int] | None) -> dict[int, int]:
-    """A start for the alive nodes, in local strategy indices: the greedy one (each node's cheapest); with a
-    ``hint``, the cheaper (the hint on ties) of the greedy one and the hint (strategies the reductions removed
-    replaced by their best given the others), each polished by ``_polish``."""
-    greedy = {v: int(np.argmin(red.cost[v])) for v in red.nodes()}
+    """A start for the alive nodes, in local strategy indices: the greedy one (each node's cheapest) polished by
+    ``_polish``; with a ``hint``, the cheaper (the hint on ties) of that and the hint (strategies the reductions
+    removed replaced by their best given the others), polished too."""
+    greedy = _polish(red, {v: int(np.argmin(red.cost[v])) for v in red.nodes()})
     if hint is None:
         return greedy
-    greedy = _polish(red, greedy)
     local, missing = {}, []
     for v in red.nodes():
         where = np.nonzero(red.allowed[v] == hint[v])[0]

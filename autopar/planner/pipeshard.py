@@ -24,7 +24,7 @@ from typing import Any, Sequence
 from autopar.cost_models.cluster import ClusterSpec
 from autopar.cost_models.memory import PROGRAMS_PER_SECTION
 from autopar.ir.graph import Graph, Role, Section
-from autopar.ir.subgraph import Subgraph, extract, structure_key
+from autopar.ir.subgraph import Subgraph, extract, structure_key, wiring_key
 from autopar.methods import Method, ShardParallel
 from autopar.pipeline.partition import BACKWARD, FORWARD, StageSplit, split_stages
 from autopar.pipeline.schedule import bubble_of, in_flight, pipeline_time
@@ -76,10 +76,17 @@ class IntraOpCache:
     search plans and by later plans of the same model (a Manual3D grid, ``remat="full"`` after ``"none"``):
     keyed by the sub-graph's ``structure_key`` and annotations, the sub-mesh's cluster, the stage method, the
     memory budget and the solver settings. A plan that failed is remembered as its error and raised again.
-    The least recently used entries beyond ``max_entries`` are dropped."""
+    The least recently used entries beyond ``max_entries`` are dropped. The last ``PEERS`` plans of each
+    program wiring (``wiring_key``: the same stage or layer at another microbatch size) warm-start the ILPs
+    of its next sizes: the microbatch search plans each stage at several sizes, and a stage ILP stopped by
+    its time limit keeps the better of its incumbent and the peer's plan (Wide-ResNet-2B's (4, 2) stage at
+    96 microbatches: 0.4633 from no start, the optimum 0.3205 after 126 s)."""
+
+    PEERS = 2
 
     def __init__(self, max_entries: int = 256) -> None:
         self._memo: OrderedDict[tuple[Any, ...], IntraOpResult | Exception] = OrderedDict()
+        self._peers: dict[tuple[Any, ...], list[IntraOpResult]] = {}
         self.max_entries = max_entries
         self.solved = 0
 
@@ -90,11 +97,16 @@ class IntraOpCache:
             self._memo.move_to_end(key)
         else:
             self.solved += 1
+            peer_key = (wiring_key(graph), tuple(sorted(graph.annotations)), method, solver)
+            peers = self._peers.setdefault(peer_key, [])
             try:
-                self._memo[key] = plan_intra_op(graph, cluster, method, memory_budget=budget, solver=solver,
-                                                time_limit_s=time_limit_s)
+                res = plan_intra_op(graph, cluster, method, memory_budget=budget, solver=solver,
+                                    time_limit_s=time_limit_s, warm=[(r.intra, r.solution) for r in peers])
             except (InfeasibleMemoryError, SolverTimeLimitError, ValueError) as e:
                 self._memo[key] = e
+            else:
+                self._memo[key] = res
+                peers[:] = [res, *peers][:self.PEERS]
             while len(self._memo) > self.max_entries:
                 self._memo.popitem(last=False)
         got = self._memo[key]

@@ -211,7 +211,8 @@ def lower_bound(ip: IntraOpProblem) -> float:
 
 def plan_intra_op(graph: Graph, cluster: Any, method: Method, *, memory_budget: float | None = None,
                   solver: str = "ortools", time_limit_s: float | None = None,
-                  search_deadline_s: float | None = DEFAULT_SEARCH_DEADLINE_S) -> IntraOpResult:
+                  search_deadline_s: float | None = DEFAULT_SEARCH_DEADLINE_S,
+                  warm: Sequence[tuple[IntraOpProblem, Solution]] = ()) -> IntraOpResult:
     """Plan ``graph`` on the meshes ``method`` allows and keep the fastest predicted plan.
 
     Meshes are tried 1-D first; a mesh whose ILP lower bound (``lower_bound``) is no better than the best
@@ -219,7 +220,8 @@ def plan_intra_op(graph: Graph, cluster: Any, method: Method, *, memory_budget: 
     each ILP is also capped by its share of the time left before ``search_deadline_s`` (the time left, less
     the builds still to come, over the meshes left; at least ``MIN_MESH_LIMIT_S``) and starts from
     ``warm_start`` (the solved plans embedded into its mesh). Once the deadline has passed, the remaining
-    meshes are skipped with a warning. ``search`` in the plan records every mesh's outcome.
+    meshes are skipped with a warning. ``search`` in the plan records every mesh's outcome. ``warm``: solved
+    plans of the same program at other sizes (``IntraOpCache``'s peers), warm starts for every mesh.
     """
     n = cluster.num_devices
     if isinstance(method, ShardParallel) and method.mesh_shape is not None:
@@ -239,9 +241,9 @@ def plan_intra_op(graph: Graph, cluster: Any, method: Method, *, memory_budget: 
     start = time.perf_counter()
     best: tuple[float, IntraOpProblem, Solution, Estimate] | None = None
     tried: list[dict[str, Any]] = []
-    solved: list[tuple[IntraOpProblem, Solution]] = []
+    solved: list[tuple[IntraOpProblem, Solution]] = list(warm)
     deadline = None if search_deadline_s is None else start + search_deadline_s
-    analysis = analyse_graph(graph)   # mesh-independent (layer ties, replicated peak): once for all meshes
+    analysis = analyse_graph(graph, platform=cluster.device.kind)   # mesh-independent: once for all meshes
     for shape in shapes:
         if best is not None and deadline is not None and time.perf_counter() >= deadline:
             tried.append({"mesh": list(shape), "skipped": f"search_deadline_s={search_deadline_s} reached"})
@@ -389,8 +391,8 @@ MEMORY_ROUNDS = 4
 def _solve_within_memory(ip: IntraOpProblem, device: Any, solver: str, time_limit_s: float | None,
                          hint: Sequence[int] | None = None) -> tuple[Solution, Estimate]:
     """Solve, then check the plan's full memory estimate (every program point, resharded copies included)
-    against the budget the ILP saw at one point; while it is over, tighten the ILP's budget by the overshoot
-    and solve again. Raises InfeasibleMemoryError when no tightening fits."""
+    against the budget the ILP saw at one point; while it is over, set the ILP's budget below what the plan's
+    memory row holds, by the overshoot, and solve again. Raises InfeasibleMemoryError when no tightening fits."""
     budget = ip.problem.memory_budget
     sol = solve(ip.problem, backend=solver, time_limit_s=time_limit_s, hint=hint)
     est = estimate_plan(ip, sol.choices, device)
@@ -399,7 +401,9 @@ def _solve_within_memory(ip: IntraOpProblem, device: Any, solver: str, time_limi
         if budget is None or est.peak_memory_bytes <= budget * (1 + 1e-9):
             return sol, est
         assert ilp_budget is not None
-        ilp_budget *= budget / est.peak_memory_bytes * 0.99
+        # below what this plan's row holds (a budget above it returns the same plan), by the overshoot
+        used = sol.peak_group_memory if sol.peak_group_memory is not None else ilp_budget
+        ilp_budget = min(ilp_budget, used) * budget / est.peak_memory_bytes * 0.99
         try:
             sol = solve(dataclasses.replace(ip.problem, memory_budget=ilp_budget), backend=solver,
                         time_limit_s=time_limit_s, hint=hint)
