@@ -276,6 +276,11 @@ def test_cli_audit_of_a_searched_pipelined_plan(tmp_path: Path) -> None:
 
 PIPELINED = [
     pytest.param("gpt_tiny", "pp2", id="gpt_tiny-pp2", marks=SLOW),
+    # a stage's memory is its largest program's footprint (cost_models/program_memory.py): while a stage was
+    # modelled as one program, mlp_tiny's searched two-stage pipeline read 1.16 / 1.19 of XLA's peak (0.996 /
+    # 0.995 now) and wresnet_tiny's pp2 stages 0.69 / 0.87
+    pytest.param("mlp_tiny", "pipeshard", id="mlp_tiny-pipeshard", marks=SLOW),
+    pytest.param("wresnet_tiny", "pp2", id="wresnet_tiny-pp2", marks=SLOW),
 ]
 
 
@@ -287,26 +292,6 @@ def test_acceptance_pipelined_ratios_within_15_percent(model: str, method: str) 
     _check_pipelined_report(report)
     assert report.failures(0.15) == {}, report.ratios()
     assert report.predicted.collective_counts == report.compiled.collective_counts
-
-
-@SLOW
-def test_searched_mlp_pipeline_bytes_match_and_memory_is_a_known_overestimate() -> None:
-    """mlp_tiny's searched pipeline: since the update is timed once per step and the stages' updates run side
-    by side (session 7), the search splits it into two stages of four devices with one microbatch (it was one
-    stage). Collective bytes and counts match XLA exactly; memory is over-predicted, 1.16 / 1.19: a stage is
-    modelled as one program (forward, backward and update values live together at its peak), while it runs as
-    three whose largest, the update (state, gradients and the new state), holds less. The model agrees
-    within 15 % where the accumulators of m > 1 or larger activations dominate (mlp_tiny at m = 2, gpt_tiny
-    pp2 above). The last assertion fails once per-program stage memory is modelled."""
-    fn, args = _tiny("mlp_tiny")
-    report = audit(fn, *args, method="pipeshard", batch_argnums=(1,))
-    assert "stage_layers" in report.plan.method_options
-    _check_pipelined_report(report)
-    assert report.predicted.collective_counts == report.compiled.collective_counts
-    bad = report.failures(0.15)
-    assert not [k for k in bad if "comm_bytes" in k], bad
-    assert all("peak_memory_bytes" in k and 1.15 < v < 1.3 for k, v in bad.items()), bad
-    assert bad, "memory now within 15 %: move mlp_tiny-pipeshard back into PIPELINED"
 
 
 @SLOW
@@ -325,9 +310,10 @@ def test_wresnet_2x4_bytes_match_and_memory_is_a_known_underestimate() -> None:
 
 
 @SLOW
-@pytest.mark.parametrize("method", ["pipeshard", "pp2"])
+@pytest.mark.parametrize("method", ["pipeshard"])
 def test_wresnet_pipelined_bytes_match_and_memory_is_a_known_underestimate(method: str) -> None:
-    """wresnet_tiny's pipelined plans: collective bytes and counts match XLA exactly. Memory does not: the
+    """wresnet_tiny's searched pipelined plan (pp2 is an acceptance case since stages are modelled per
+    program): collective bytes and counts match XLA exactly. Memory does not: the
     backward programs' XLA:CPU temporaries (the select-and-scatter of the max-pool gradient expanded into one
     s32 iota per dimension of the pooled input plus a variadic reduce-window, and relayout copies around the
     convolutions) are several times what ``autopar.cost_models.memory`` gives those programs (arguments and

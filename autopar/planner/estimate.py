@@ -6,7 +6,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, Sequence
 
 from autopar.cost_models.collectives import bytes_sent, collective_time
-from autopar.cost_models.memory import estimate_memory
+from autopar.cost_models.program_memory import estimate_programs
 from autopar.plan import Estimate
 from autopar.sharding.reshard import CollectiveStep, reshard_steps
 
@@ -104,7 +104,8 @@ def estimate_plan(ip: "IntraOpProblem", choices: Sequence[int], device: Any) -> 
         spec = specs.get(t.id)
         return float(t.nbytes) if spec is None else float(spec.bytes_per_device(t.shape, t.dtype, mesh))
 
-    mem = estimate_memory(ip.graph, tensor_bytes, reshard_buffers(ip, choices), platform=device.kind)
+    # a pipelined stage: the largest of its programs (forward, backward, update), else the one program
+    mem = estimate_programs(ip.graph, tensor_bytes, reshard_buffers(ip, choices), platform=device.kind)
     from autopar.planner.memory_row import HELD_COPIES
 
     copies = ip.graph.annotations.get(HELD_COPIES, {})   # what other microbatches of a pipelined stage hold

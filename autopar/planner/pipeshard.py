@@ -23,10 +23,11 @@ from typing import Any, Sequence
 
 from autopar.cost_models.cluster import ClusterSpec
 from autopar.cost_models.memory import PROGRAMS_PER_SECTION
+from autopar.cost_models.program_memory import PROGRAM_OF_OP
 from autopar.ir.graph import Graph, Role, Section
 from autopar.ir.subgraph import Subgraph, extract, structure_key, wiring_key
 from autopar.methods import Method, ShardParallel
-from autopar.pipeline.partition import BACKWARD, FORWARD, StageSplit, split_stages
+from autopar.pipeline.partition import APPLY, BACKWARD, FORWARD, StageSplit, split_stages
 from autopar.pipeline.schedule import bubble_of, in_flight, pipeline_time
 from autopar.plan import Estimate, Plan, StagePlan
 from autopar.planner.intra_op import ONCE_PER_STEP
@@ -134,6 +135,9 @@ def submesh_cluster(cluster: ClusterSpec, n: int) -> ClusterSpec:
                        links=cluster.links)
 
 
+_PROGRAM_INDEX = {FORWARD: 0, BACKWARD: 1, APPLY: 2}
+
+
 def stage_subgraph(split: StageSplit, stage: int, num_microbatches: int = 1) -> Subgraph:
     """Stage ``stage``'s ops as a graph of their own; with ``num_microbatches`` m > 1 its ops that run once per
     step (the update) are annotated ``ONCE_PER_STEP`` with m, for the ILP to weigh them by 1 / m."""
@@ -145,9 +149,15 @@ def stage_subgraph(split: StageSplit, stage: int, num_microbatches: int = 1) -> 
         return Role.BATCH if t.id in split.batch_dependent else Role.PARAMETER
 
     sub = extract(g, split.stage_ops(stage), input_role=role)
-    # a stage runs as one program per section (forward, backward, update): the memory model must not fold
-    # across them (see cost_models.memory.PROGRAMS_PER_SECTION)
-    notes: dict[str, Any] = {PROGRAMS_PER_SECTION: True}
+    # a stage runs as one program per piece kind (forward, backward, update): the memory model must not fold
+    # across them (cost_models.memory.PROGRAMS_PER_SECTION) and takes the largest program's footprint
+    # (cost_models.program_memory.PROGRAM_OF_OP)
+    phase = {}
+    for piece in split.pieces_of(stage):
+        for o in piece.ops:
+            phase[o] = min(phase.get(o, 2), _PROGRAM_INDEX[piece.phase])
+    notes: dict[str, Any] = {PROGRAMS_PER_SECTION: True,
+                             PROGRAM_OF_OP: tuple(phase[p] for p in sub.parent_op)}
     once = tuple(o for o, parent in enumerate(sub.parent_op) if parent not in split.microbatched)
     if num_microbatches > 1 and once:      # a sorted tuple: its repr keys the intra-op cache
         notes[ONCE_PER_STEP] = (num_microbatches, once)
