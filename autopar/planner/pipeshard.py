@@ -152,7 +152,7 @@ def stage_subgraph(split: StageSplit, stage: int, num_microbatches: int = 1) -> 
     # a stage runs as one program per piece kind (forward, backward, update): the memory model must not fold
     # across them (cost_models.memory.PROGRAMS_PER_SECTION) and takes the largest program's footprint
     # (cost_models.program_memory.PROGRAM_OF_OP)
-    phase = {}
+    phase: dict[int, int] = {}
     for piece in split.pieces_of(stage):
         for o in piece.ops:
             phase[o] = min(phase.get(o, 2), _PROGRAM_INDEX[piece.phase])
