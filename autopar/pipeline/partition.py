@@ -202,6 +202,14 @@ def _deferred_sums(g: Graph, stage: list[int | None], mb: frozenset[int]) -> fro
 
 
 def _mb_pieces(g: Graph, stage: list[int | None], mb: frozenset[int], num_stages: int) -> list[Piece]:
+    """Per stage a forward and a backward piece. A lone stage (gradient accumulation without pipelining) runs
+    both as one program per microbatch in the forward's slot, so XLA fuses across them as it does in one jit:
+    with two programs every value the backward reads is an output of the forward, written to memory (Wide-
+    ResNet-2B on eight V100s, 16 images per device: 22.7 GiB of forward outputs, 37.8 GiB per program against
+    a 16 GiB device)."""
+    if num_stages == 1:
+        ops = tuple(sorted(o for o in mb if stage[o] == 0))
+        return [Piece(name="s0.forward", stage=0, phase=FORWARD, wave=0, ops=ops)] if ops else []
     pieces = []
     for s in range(num_stages):
         for phase, section in ((FORWARD, None), (BACKWARD, Section.BACKWARD)):
