@@ -89,6 +89,17 @@ def extract(parent: Graph, op_ids: Iterable[int], *, extra_outputs: Iterable[int
 def structure_key(g: Graph) -> str:
     """Equal for graphs that are the same program up to tensor and op numbering made by ``extract`` (the same
     primitives, parameters, wiring, shapes, dtypes and roles, position by position): such graphs share plans."""
+    return _program_hash(g, sizes=True)
+
+
+def wiring_key(g: Graph) -> str:
+    """Equal for graphs that are the same program up to array sizes: the same primitives, wiring, ranks, dtypes,
+    roles and sections, position by position (``structure_key`` without shapes and op parameters). A stage
+    traced at another microbatch size has the same wiring; its plan is a warm start for this one's."""
+    return _program_hash(g, sizes=False)
+
+
+def _program_hash(g: Graph, sizes: bool) -> str:
     import hashlib
 
     h = hashlib.sha256()
@@ -97,27 +108,14 @@ def structure_key(g: Graph) -> str:
         dt = names.get(t.dtype)
         if dt is None:
             dt = names[t.dtype] = str(t.dtype)
-        h.update(f"{t.shape}{dt}{t.role.value}{t.producer}{t.is_output}{t.donated};".encode())
-        if t.value is not None and t.size <= 16:
+        shape = t.shape if sizes else len(t.shape)
+        h.update(f"{shape}{dt}{t.role.value}{t.producer}{t.is_output}{t.donated if sizes else ''};".encode())
+        if sizes and t.value is not None and t.size <= 16:
             v = t.value
             h.update(v.tobytes() if isinstance(v, np.ndarray) else repr(v).encode())
     h.update(f"{g.inputs}{g.outputs}".encode())
     for op in g.ops:
         h.update(f"{op.primitive}{op.inputs}{op.outputs}{op.section.value}".encode())
-        h.update(repr(sorted((k, repr(v)) for k, v in op.params.items())).encode())
-    return h.hexdigest()
-
-
-def wiring_key(g: Graph) -> str:
-    """Equal for graphs that are the same program up to array sizes: the same primitives, wiring, ranks, dtypes,
-    roles and sections, position by position (``structure_key`` without shapes and op parameters). A stage
-    traced at another microbatch size has the same wiring; its plan is a warm start for this one's."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for t in g.tensors:
-        h.update(f"{len(t.shape)}{t.dtype}{t.role.value}{t.producer}{t.is_output};".encode())
-    h.update(f"{g.inputs}{g.outputs}".encode())
-    for op in g.ops:
-        h.update(f"{op.primitive}{op.inputs}{op.outputs}{op.section.value}".encode())
+        if sizes:
+            h.update(repr(sorted((k, repr(v)) for k, v in op.params.items())).encode())
     return h.hexdigest()

@@ -136,9 +136,8 @@ def solve(problem: ShardingProblem, backend: str = "ortools", time_limit_s: floa
                                                  time_limit_s - (time.perf_counter() - start))
     raw = _run(backend, model, left) if model.obj else _Raw("optimal", [])
     # the polished start, expanded (eliminated nodes at their best): a plan whenever it is feasible
-    warm: tuple[int, ...] | None = red.expand(start_local)
-    if warm is not None and not (is_feasible(problem, warm) and math.isfinite(evaluate(problem, warm))):
-        warm = None
+    start_plan = red.expand(start_local)
+    warm = start_plan if is_feasible(problem, start_plan) and math.isfinite(evaluate(problem, start_plan)) else None
     if raw.status == "infeasible":
         _raise_infeasible(problem, backend, time_limit_s)
     if raw.values is None and warm is None:

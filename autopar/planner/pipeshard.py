@@ -138,9 +138,12 @@ def submesh_cluster(cluster: ClusterSpec, n: int) -> ClusterSpec:
 _PROGRAM_INDEX = {FORWARD: 0, BACKWARD: 1, APPLY: 2}
 
 
-def stage_subgraph(split: StageSplit, stage: int, num_microbatches: int = 1) -> Subgraph:
+def stage_subgraph(split: StageSplit, stage: int, num_microbatches: int = 1,
+                   one_microbatch_program: bool = False) -> Subgraph:
     """Stage ``stage``'s ops as a graph of their own; with ``num_microbatches`` m > 1 its ops that run once per
-    step (the update) are annotated ``ONCE_PER_STEP`` with m, for the ILP to weigh them by 1 / m."""
+    step (the update) are annotated ``ONCE_PER_STEP`` with m, for the ILP to weigh them by 1 / m. With
+    ``one_microbatch_program`` its memory is costed as if forward and backward were one program (as a lone
+    stage runs them), whatever the split's pieces."""
     g = split.graph
 
     def role(t: Any) -> Role:
@@ -155,7 +158,10 @@ def stage_subgraph(split: StageSplit, stage: int, num_microbatches: int = 1) -> 
     phase: dict[int, int] = {}
     for piece in split.pieces_of(stage):
         for o in piece.ops:
-            phase[o] = min(phase.get(o, 2), _PROGRAM_INDEX[piece.phase])
+            k = _PROGRAM_INDEX[piece.phase]
+            if one_microbatch_program and piece.phase == BACKWARD:
+                k = _PROGRAM_INDEX[FORWARD]
+            phase[o] = min(phase.get(o, _PROGRAM_INDEX[APPLY]), k)
     notes: dict[str, Any] = {PROGRAMS_PER_SECTION: True,
                              PROGRAM_OF_OP: tuple(phase[p] for p in sub.parent_op)}
     once = tuple(o for o, parent in enumerate(sub.parent_op) if parent not in split.microbatched)

@@ -25,7 +25,6 @@ exact stage plan of step 3 counts it).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -34,9 +33,8 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 
 from autopar.cost_models.cluster import ClusterSpec
-from autopar.cost_models.program_memory import PROGRAM_OF_OP
 from autopar.ir.graph import Graph, Section
-from autopar.ir.subgraph import Subgraph, structure_key
+from autopar.ir.subgraph import structure_key
 from autopar.methods import PipeshardParallel, ShardParallel
 from autopar.pipeline.layers import balanced_split, layer_flops, op_layers
 from autopar.pipeline.partition import split_stages
@@ -126,7 +124,12 @@ def layer_costs(graph: Graph, layers: list[int | None], cluster: ClusterSpec, op
 
     out: list[list[LayerCost | None]] = []
     for l in range(k):
-        sub = _as_one_microbatch_program(stage_subgraph(split, l, num_microbatches))
+        # a layer's memory as in one program per microbatch (a lone stage runs its forward and backward so):
+        # the layer peaks then add up as the screen of ``uniform_ranking`` and the DP assume, with its slack; a
+        # pipelined stage's forward outputs, written for its backward program, are counted by its exact plan
+        # (Wide-ResNet-1B on 4 V100s at 24 microbatches: with the layers costed as two programs no layout passed
+        # the screen, and Auto missed Manual3D's dp 4 stage, 29.32 s)
+        sub = stage_subgraph(split, l, num_microbatches, one_microbatch_program=True)
         key = structure_key(sub.graph)
         state = float(sum(sub.graph.tensors[t].nbytes for t in sub.graph.inputs
                           if sub.graph.tensors[t].role.value == "parameter"))
@@ -141,20 +144,6 @@ def layer_costs(graph: Graph, layers: list[int | None], cluster: ClusterSpec, op
             row += [fast, lean]
         out.append(row)
     return out, solved
-
-
-def _as_one_microbatch_program(sub: Subgraph) -> Subgraph:
-    """A layer's memory as in one program per microbatch (a lone stage runs its forward and backward so): the
-    layer peaks then add up as the screen of ``uniform_ranking`` and the DP assume, with its slack; a pipelined
-    stage's forward outputs, written to memory for its backward program, are counted by its exact plan
-    (Wide-ResNet-1B on 4 V100s at 24 microbatches: with the layers costed as two programs no layout passed the
-    screen, and Auto missed Manual3D's dp 4 stage, 29.32 s)."""
-    phases = sub.graph.annotations.get(PROGRAM_OF_OP)
-    if not phases:
-        return sub
-    merged = tuple(0 if p < 2 else 1 for p in phases)     # forward 0 + backward 1 -> 0; the update (2) -> 1
-    graph = dataclasses.replace(sub.graph, annotations={**sub.graph.annotations, PROGRAM_OF_OP: merged})
-    return dataclasses.replace(sub, graph=graph)
 
 
 def _range_tables(costs: list[list[LayerCost | None]], options: Sequence[MeshOption], m: int,
