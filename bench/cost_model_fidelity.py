@@ -112,7 +112,7 @@ def replicated(name, step, args):
     f, dots = _dot_only(graph)
     xla_dot_flops = _xla_flops(jax.jit(f).lower(*dots).compile())
     pred_dot = sum(op_flops(graph, op) for op in graph.ops if op.primitive == "dot_general")
-    mem = estimate_memory(graph).total_bytes
+    mem = estimate_memory(graph, platform="cpu").total_bytes
     return dict(case=f"{name} replicated", flops=pred_dot / xla_dot_flops, memory=mem / _xla_memory(compiled),
                 pred_mem=mem, xla_mem=_xla_memory(compiled))
 
@@ -129,7 +129,7 @@ def sharded(name, step, args, mesh_shape=(2, 4)):
         s = specs.get(t.id)
         return float(t.nbytes) if s is None else float(s.bytes_per_device(t.shape, t.dtype, mesh))
 
-    mem = estimate_memory(graph, tensor_bytes).total_bytes
+    mem = estimate_memory(graph, tensor_bytes, platform="cpu").total_bytes
     pf._fixed_plan = result.plan
     compiled = pf.lower(*args).compile()
     # matmul flops per device: each dot's flops divided by the ways its chosen strategy splits the work;
