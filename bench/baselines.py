@@ -22,7 +22,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 # Exceptions whose message means "this method cannot be planned here" rather than a planner bug.
 T = TypeVar("T")
@@ -201,16 +201,37 @@ def best_manual3d(fn: Callable[..., Any], args: tuple[Any, ...], cluster: Any,
                   log: Callable[[str], None] = lambda m: None) -> Outcome:
     """The fastest Manual3D of the grid (``prune_manual3d``; ``log`` gets one line per configuration planned);
     ``unavailable`` as soon as the planner says Manual3D is."""
-    outcomes: list[Outcome] = []
     grid = manual3d_grid(cluster.num_devices, cluster.devices_per_node, batch_size, max_configs)
+    return summarise_manual3d(manual3d_outcomes(fn, args, cluster, grid, donate, log))
+
+
+def manual3d_outcomes(fn: Callable[..., Any], args: tuple[Any, ...], cluster: Any, grid: list[Any],
+                      donate: tuple[int, ...] = (), log: Callable[[str], None] = lambda m: None) -> Iterator[Outcome]:
+    """The outcomes of the grid's configurations as ``prune_manual3d`` plans them (lazily: a consumer that
+    stops early plans no more)."""
     for _method, o in prune_manual3d(grid, lambda m: evaluate(fn, args, cluster, m, donate=donate),
                                      lambda o: o.status):
         log(f"    {o.label}: {outcome_text(o)}")
-        if o.status.startswith("unavailable") and not any(x.ok or x.status == "does not fit" for x in outcomes):
+        yield o
+
+
+def summarise_manual3d(outcomes: Iterable[Outcome]) -> Outcome:
+    """The grid's result from its outcomes in grid order: ``unavailable`` (labelled "Manual3D grid") when the
+    first configurations are unavailable before any planned or fell short of memory — it stops reading there —
+    else the fastest that fits, else the one needing the least memory."""
+    seen: list[Outcome] = []
+    for o in outcomes:
+        if o.status.startswith("unavailable") and not any(x.ok or x.status == "does not fit" for x in seen):
             return dataclasses.replace(o, label="Manual3D grid")
-        outcomes.append(o)
-    best = _best(outcomes, "Manual3D grid")
+        seen.append(o)
+    best = _best(seen, "Manual3D grid")
     return best if best.ok or best.status == "does not fit" else dataclasses.replace(best, label="Manual3D grid")
+
+
+def manual3d_shapes(grid: list[Any]) -> list[tuple[int, int, int]]:
+    """The grid's (dp, tp, pp) shapes in grid order: ``prune_manual3d`` prunes within a shape only, so each
+    shape's configurations can be planned apart (``bench.parallel``) without planning more."""
+    return list(dict.fromkeys((m.dp, m.tp, m.pp) for m in grid))
 
 
 # ---- Alpa's published plans (Alpa, OSDI'22, section 8 / Fig. 7 and its artifact's benchmark suites) ----

@@ -78,14 +78,20 @@ def run_case(case: Case, *, baselines: bool = True, log: Callable[[str], None] =
     if baselines:
         others = run_baselines(case.baselines, fn, args, cluster, batch_size_of(args), case.alpa,
                                donate=case.donate_argnums, log=log)
+    return case_record(case, cluster.num_devices, main, others, time.perf_counter() - t0)
+
+
+def case_record(case: Case, num_devices: int, main: Outcome, others: Mapping[str, Outcome],
+                wall_s: float) -> dict[str, Any]:
+    """The JSON-ready record of a case from its own method's outcome and its baselines'."""
     ratios = {k: o.step_time_s / main.step_time_s for k, o in others.items()
               if o.ok and main.ok and o.step_time_s and main.step_time_s}
     rec: dict[str, Any] = {
         "case": case.name, "model": case.model, "args": dict(case.args), "family": case.family,
-        "cluster": case.describe_cluster(), "num_devices": cluster.num_devices,
+        "cluster": case.describe_cluster(), "num_devices": num_devices,
         "method": method_label(case.method), **main.to_dict(),
         "baselines": {k: o.to_dict() for k, o in others.items()},
-        "speedup_vs": ratios, "wall_s": time.perf_counter() - t0,
+        "speedup_vs": ratios, "wall_s": wall_s,
     }
     rec.pop("label", None)
     return rec

@@ -256,3 +256,56 @@ def test_tables_and_scaling_plot(tmp_path: Path) -> None:
     assert "2.00x" in md[2] and "does not fit (needs 3.00 GiB)" in md[2]
     (png,) = scaling_plots(recs, tmp_path)
     assert png.name == "scaling_gpt.png" and png.read_bytes()[:4] == b"\x89PNG"
+
+
+PARALLEL_TOML = """
+name = "par"
+[defaults]
+cluster = "p3.16xlarge"
+gpus = 4
+baselines = ["data", "zero3", "manual3d"]
+
+[[case]]
+name = "mlp-small"
+model = "bench.models.mlp:mlp"
+args = { hidden = 128, layers = 2, batch_size = 16 }
+"""
+
+
+def test_parallel_run_plans_what_the_sequential_run_plans(tmp_path: Path) -> None:
+    from bench.parallel import run_parallel, units_of
+
+    p = tmp_path / "par.toml"
+    p.write_text(PARALLEL_TOML)
+    suite = load_suite(p)
+    units = units_of(suite.cases[0])
+    shapes = [u.shape for u in units if u.kind == "manual3d"]
+    assert [u.kind for u in units][:1] == ["main"] and len(shapes) == len(set(shapes)) >= 4
+    seq = run_suite(suite)
+    seen: list[list[dict]] = []
+    par = run_parallel(suite.cases, jobs=2, on_record=lambda recs: seen.append(recs))
+    assert [[r["case"] for r in recs] for recs in seen] == [["mlp-small"]]
+    timing = {"search_time_s", "wall_s"}
+
+    def planned(rec: dict) -> dict:
+        out = {k: v for k, v in rec.items() if k not in timing}
+        out["baselines"] = {k: {f: v for f, v in o.items() if f not in timing} for k, o in rec["baselines"].items()}
+        return out
+
+    assert planned(par[0]) == planned(seq[0])
+    assert set(seq[0]["baselines"]) == {"data", "zero3", "manual3d"}
+    with pytest.raises(ValueError, match="at least 1"):
+        run_parallel(suite.cases, jobs=0)
+
+
+def test_manual3d_summary_stops_at_a_leading_unavailable() -> None:
+    from bench.baselines import summarise_manual3d
+
+    na = Outcome("Manual3D(pp=2)", "unavailable: not available here")
+    fit = Outcome("Manual3D(tp=2)", "ok", step_time_s=2.0)
+    fast = Outcome("Manual3D(tp=4)", "ok", step_time_s=1.0)
+    big = Outcome("Manual3D(dp=4)", "does not fit", min_memory_bytes=3e9)
+    assert summarise_manual3d([na, fast]).label == "Manual3D grid"
+    assert summarise_manual3d([fit, na, fast]) == fast
+    assert summarise_manual3d([big, Outcome("x", "does not fit", min_memory_bytes=2e9)]).min_memory_bytes == 2e9
+    assert summarise_manual3d([]).status.startswith("unavailable")

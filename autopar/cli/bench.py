@@ -37,6 +37,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="allowed growth factor of search time (default: %(default)s)")
     p.add_argument("--search-floor", type=float, default=1.0, metavar="S",
                    help="search times below S seconds count as S (noise floor; default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="plan in N worker processes (a case's method, baselines and Manual3D shapes in parallel; "
+                        "search times then include the contention; default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
 
@@ -60,6 +63,8 @@ def _import_bench() -> None:
 def run(args: argparse.Namespace) -> int:
     if args.tolerance < 0 or args.search_factor < 1 or args.search_floor < 0:
         raise ValueError("--tolerance must be >= 0, --search-factor >= 1 and --search-floor >= 0")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs {args.jobs}: give the number of worker processes, at least 1")
     _import_bench()
     from bench.plots import markdown_table, print_table, scaling_plots
     from bench.runner import check, format_violations, load_baseline, run_case, write_baseline
@@ -68,11 +73,22 @@ def run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite).select(args.case)
     baseline = load_baseline(args.check) if args.check and args.update is None else None
     log = (lambda m: None) if args.quiet else (lambda m: print(f"  {m}", file=sys.stderr, flush=True))
-    records: list[dict[str, Any]] = []
-    for case in suite.cases:       # the JSON is rewritten after every case: a long run cut short keeps its cases
-        records.append(run_case(case, baselines=not args.no_baselines, log=log))
+
+    def save(records: list[dict[str, Any]]) -> None:
+        # the JSON is rewritten after every case: a long run cut short keeps its completed cases
         if args.json:
             Path(args.json).write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
+
+    records: list[dict[str, Any]] = []
+    if args.jobs > 1:
+        from bench.parallel import run_parallel
+
+        records = run_parallel(suite.cases, jobs=args.jobs, baselines=not args.no_baselines, log=log,
+                               on_record=save)
+    else:
+        for case in suite.cases:
+            records.append(run_case(case, baselines=not args.no_baselines, log=log))
+            save(records)
 
     print_table(records, title=f"autopar bench --suite {suite.name}")
     if args.markdown:
