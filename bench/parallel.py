@@ -123,8 +123,9 @@ def run_parallel(cases: tuple[Case, ...] | list[Case], *, jobs: int, baselines: 
     records: dict[str, dict[str, Any]] = {}
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=warm_up) as pool:
-        pending: dict[Future[tuple[list[Outcome], list[str]]], Unit] = {
-            pool.submit(run_unit, u): u for c in cases for u in per_case[c.name]}
+        # every case's own method first (usually the longest unit: the search), then the rest by case
+        order = [us[0] for us in per_case.values()] + [u for us in per_case.values() for u in us[1:]]
+        pending: dict[Future[tuple[list[Outcome], list[str]]], Unit] = {pool.submit(run_unit, u): u for u in order}
         log(f"{len(pending)} units of {len(cases)} case(s) on {jobs} worker process(es)")
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
