@@ -138,6 +138,27 @@ def test_microbatch_walk_goes_downhill_from_the_best_grid_point() -> None:
     assert next_microbatch_count(many, 1024) == []                              # at most 7 counts
 
 
+def test_after_the_walk_each_near_layout_walks_from_its_own_best_count() -> None:
+    """Llama-3-8B on 8 H100s: the fastest count's walk ends at 256 (4 stages on (2,)); one stage on (8,) is
+    best at 128 among the counts tried and walks on to 64, where it is the fastest plan."""
+    from autopar.planner.stage_dp import MAX_MICROBATCH_COUNTS, next_layout_count, next_microbatch_count
+
+    inf = float("inf")
+    tried = {1: inf, 32: 19.5, 256: 17.2, 128: 17.6}
+    pp4 = (4, (2,), False, False)
+    tp8 = (1, (8,), False, False)
+    slow = (8, (1,), False, True)
+    by_layout = {pp4: {32: 19.5, 128: 17.6, 256: 17.2}, tp8: {128: 18.4, 256: 21.8}, slow: {128: 30.0, 256: 40.0}}
+    assert next_microbatch_count(tried, 256) == []                  # 128 was tried: the plain walk stops
+    assert next_layout_count(tried, by_layout, 256) == [64]
+    assert next_layout_count({**tried, 64: 16.65}, {**by_layout, tp8: {64: 16.65, 128: 18.4}}, 256) == []
+    # a layout more than LAYOUT_WALK_MARGIN slower than the fastest plan is not walked from
+    assert next_layout_count(tried, {pp4: by_layout[pp4], slow: by_layout[slow]}, 256) == []
+    assert next_layout_count({1: inf}, by_layout, 256) == []          # nothing fits: stop
+    many = {2 ** i: 1.0 for i in range(MAX_MICROBATCH_COUNTS)}
+    assert next_layout_count(many, {tp8: {1: 1.0}}, 1024) == []      # at most 7 counts
+
+
 def test_identical_stages_and_repeated_layouts_share_intra_op_plans() -> None:
     """One ILP per distinct stage, whatever microbatches each stage keeps in flight; a second layout of the same
     graph (the stage search plans several) solves nothing new, and its plan equals the one planned without the
@@ -249,7 +270,7 @@ def test_megatron_layouts_that_do_not_fit_do_not_end_the_search() -> None:
     from types import SimpleNamespace
 
     import autopar
-    from autopar.planner.stage_dp import UNIFORM_MARGIN, MeshOption, _LayoutSearch
+    from autopar.planner.stage_dp import LONE_STAGE_MARGIN, UNIFORM_MARGIN, MeshOption, _LayoutSearch
 
     variants = [MeshOption(n, (n,)) for n, _ in OPTIONS for _ in ("fast", "lean")]
     costs = [[c for c in row for _ in ("fast", "lean")] for row in _costs(random.Random(3), 4)]
@@ -277,5 +298,13 @@ def test_megatron_layouts_that_do_not_fit_do_not_end_the_search() -> None:
     attempts.clear()
     bounded = Search(None, cluster, autopar.PipeshardParallel(), costs, variants, 4, 1e9, None, "ortools", None,
                      None)                                                     # type: ignore[arg-type]
-    bounded.uniform_layouts([1.0] * 4, min(ranked) / (1 + UNIFORM_MARGIN) * 0.99)
+    bounded.uniform_layouts([1.0] * 4, min(ranked) / (1 + LONE_STAGE_MARGIN) * 0.99)
     assert attempts == []
+    # over UNIFORM_MARGIN but within LONE_STAGE_MARGIN: only a lone stage on all 4 devices may be planned
+    lone = Search(None, cluster, autopar.PipeshardParallel(), costs, variants, 4, 1e9, None, "ortools", None,
+                  None)                                                        # type: ignore[arg-type]
+    bound = min(ranked) / (1 + UNIFORM_MARGIN) * 0.99
+    lone.uniform_layouts([1.0] * 4, bound)
+    (lone_estimate,) = [e["estimated_step_time_s"] for e in log if e["stages"] == 1]
+    assert lone_estimate <= bound * (1 + LONE_STAGE_MARGIN)           # this example is inside the wide margin
+    assert attempts == [4]
