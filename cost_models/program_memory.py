@@ -19,7 +19,7 @@ of XLA's peak.
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Collection, Mapping, Sequence
 
 from autopar.cost_models.memory import MemoryEstimate, estimate_memory
 
@@ -49,20 +49,22 @@ def _programs(g: "Graph", phases: Sequence[int]) -> list["Subgraph"]:
 
 
 def estimate_programs(g: "Graph", tensor_bytes: TensorBytes | None = None,
-                      extra: Sequence[tuple[float, int, int]] = (), platform: str = "") -> MemoryEstimate:
+                      extra: Sequence[tuple[float, int, int]] = (), platform: str = "",
+                      moved_reads: Mapping[int, Collection[int]] | None = None) -> MemoryEstimate:
     """The footprint of ``g``'s largest program (``program_estimates``); ``g`` without ``PROGRAM_OF_OP`` is one
     program (``estimate_memory``)."""
-    return max(program_estimates(g, tensor_bytes, extra, platform), key=lambda m: m.peak_bytes)
+    return max(program_estimates(g, tensor_bytes, extra, platform, moved_reads), key=lambda m: m.peak_bytes)
 
 
 def program_estimates(g: "Graph", tensor_bytes: TensorBytes | None = None,
-                      extra: Sequence[tuple[float, int, int]] = (), platform: str = "") -> list[MemoryEstimate]:
+                      extra: Sequence[tuple[float, int, int]] = (), platform: str = "",
+                      moved_reads: Mapping[int, Collection[int]] | None = None) -> list[MemoryEstimate]:
     """Each program's footprint, in run order (see the module docstring). ``extra``: temporaries as (bytes,
     first op, last op) in ``g``'s op ids; each belongs to the program of its first op and ends with it at the
-    latest."""
+    latest. ``moved_reads``: as ``estimate_memory`` takes them, in ``g``'s ids."""
     phases = g.annotations.get(PROGRAM_OF_OP)
     if not phases or len(set(phases)) == 1:
-        return [estimate_memory(g, tensor_bytes, extra, platform)]
+        return [estimate_memory(g, tensor_bytes, extra, platform, moved_reads)]
     if len(phases) != len(g.ops):
         raise ValueError(f"{PROGRAM_OF_OP} gives {len(phases)} entries for a graph of {len(g.ops)} ops")
     size: TensorBytes = tensor_bytes or (lambda t: float(t.nbytes))
@@ -73,7 +75,10 @@ def program_estimates(g: "Graph", tensor_bytes: TensorBytes | None = None,
         local = {p: i for i, p in enumerate(sub.parent_op)}
         last = len(sub.parent_op) - 1
         mine = [(b, local[f], local.get(e, last)) for b, f, e in extra if f in local]
-        mem = estimate_memory(sub.graph, lambda t: size(g.tensors[parent[t.id]]), mine, platform)
+        inner = sub.sub_tensor
+        moved = {inner[t]: {local[o] for o in ops if o in local} for t, ops in (moved_reads or {}).items()
+                 if t in inner and sub.graph.tensors[inner[t]].producer is not None}
+        mem = estimate_memory(sub.graph, lambda t: size(g.tensors[parent[t.id]]), mine, platform, moved)
         reads = set(sub.input_parents)
         # kept on the device while this program runs without being its argument: the step's state, and values
         # an earlier program made that a later one reads

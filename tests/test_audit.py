@@ -172,6 +172,9 @@ ACCEPTANCE = [
     # one-hot, and the tied embedding's folded transpose was held (cost_models/memory.py); 1.131x since
     pytest.param("gpt", "shard2x4", id="gpt-shard2x4", marks=SLOW),
     pytest.param("wresnet", "shard8", id="wresnet-shard8", marks=SLOW),
+    # 0.76 of XLA's peak (a known underestimate) until XLA:CPU's output-allocation reuse, LayerNorm broadcasts
+    # and hoisted convolution relayout copies were modelled (cost_models/backend_rules.py)
+    pytest.param("wresnet", "shard2x4", id="wresnet-shard2x4", marks=SLOW),
     # the mesh left to the planner (``autopar audit TARGET --method shard``): every mesh of 8 is searched
     pytest.param("mlp", "shard", id="mlp-shard", marks=SLOW),
     pytest.param("gpt", "shard", id="gpt-shard", marks=SLOW),
@@ -295,21 +298,6 @@ def test_acceptance_pipelined_ratios_within_15_percent(model: str, method: str) 
 
 
 @SLOW
-def test_wresnet_2x4_bytes_match_and_memory_is_a_known_underestimate() -> None:
-    """wresnet_tiny on a fixed (2, 4) mesh: 0.893 of XLA's peak while the compute model charged every
-    elementwise op its unfused traffic; since it is fusion-aware (calibrated on an H200, see
-    docs/cost_model.md) the plan keeps more of the convolution gradients replicated on the 4-device axis
-    to save latency-bound collectives, and XLA:CPU's expansions of those gradients put the prediction at
-    0.76 (batch 16; 0.65 at batch 8), the gap described below. Collective bytes and counts still match.
-    The last assertion fails once the memory model is fixed."""
-    fn, args = _bench("wresnet")
-    report = audit(fn, *args, method=METHODS["shard2x4"], batch_argnums=(1,), cluster="cpu")
-    assert report.predicted.collective_counts == report.compiled.collective_counts
-    bad = report.failures(0.15)
-    assert list(bad) == ["peak_memory_bytes"] and bad["peak_memory_bytes"] < 0.85, bad
-
-
-@SLOW
 @pytest.mark.parametrize("method", ["pipeshard"])
 def test_wresnet_pipelined_bytes_match_and_memory_is_a_known_underestimate(method: str) -> None:
     """wresnet_tiny's searched pipelined plan (pp2 is an acceptance case since stages are modelled per
@@ -333,3 +321,54 @@ def test_wresnet_pipelined_bytes_match_and_memory_is_a_known_underestimate(metho
     assert not [k for k in bad if "comm_bytes" in k], bad
     assert all("peak_memory_bytes" in k and v < 0.85 for k, v in bad.items()), bad
     assert bad, "memory now within 15 %: turn this test into an acceptance case"
+
+
+# ---- one device, the whole batch there: activation memory on XLA:CPU (docs/cost_model.md) -------------------
+ONE_DEVICE = [
+    pytest.param("wresnet_tiny", 2, id="wresnet_tiny-b2"),
+    pytest.param("wresnet_tiny", 4, id="wresnet_tiny-b4"),
+    pytest.param("wresnet_tiny", 16, id="wresnet_tiny-b16", marks=SLOW),
+    pytest.param("gpt_tiny", 4, id="gpt_tiny-b4"),
+    pytest.param("gpt_tiny", 64, id="gpt_tiny-b64", marks=SLOW),
+]
+
+
+_ONE_DEVICE_AUDIT = """
+import sys, autopar
+from bench.models import MODELS
+fn, args = MODELS[sys.argv[1]](batch_size=int(sys.argv[2]))
+r = autopar.audit(fn, *args, method=autopar.ShardParallel(mesh_shape=(1,)), batch_argnums=(1,))
+print(r.ratios()["peak_memory_bytes"])
+"""
+
+
+@pytest.mark.parametrize("model, batch", ONE_DEVICE)
+def test_acceptance_one_device_memory_within_15_percent(model: str, batch: int) -> None:
+    """Before XLA:CPU's output-allocation reuse, the LayerNorm broadcasts and the hoisted convolution relayout
+    copies were modelled (cost_models/memory.py): wresnet_tiny 0.86 / 0.70 / 0.53 at 2 / 4 / 16 images,
+    gpt_tiny 1.208 / 0.823 at batch 4 / 64. One device: a process of its own."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    r = subprocess.run([sys.executable, "-c", _ONE_DEVICE_AUDIT, model, str(batch)], capture_output=True,
+                       text=True, env=env, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    ratio = float(r.stdout.strip().splitlines()[-1])
+    assert 0.85 <= ratio <= 1.15, ratio
+
+
+@pytest.mark.xfail(strict=True, reason="0.841 after the XLA:CPU rules (0.699 before): Auto picks a two-stage "
+                   "pipeline (4 devices a stage) whose first stage's backward program is underestimated, as in "
+                   "test_wresnet_pipelined_bytes_match_and_memory_is_a_known_underestimate")
+def test_default_audit_of_wresnet_tiny_memory_within_15_percent(tmp_path: Path) -> None:
+    """``autopar audit bench.models.wide_resnet:wresnet_tiny`` (8 devices; Auto plans a two-stage pipeline,
+    stage 0 predicted 915 KB against 1.09 MB compiled, stage 1 0.876): 0.699 of XLA's peak before the rules
+    above."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    out = tmp_path / "audit.json"
+    cmd = [sys.executable, "-m", "autopar.cli.main", "audit", "bench.models.wide_resnet:wresnet_tiny", "--json",
+           str(out), "--quiet"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr
+    ratio = json.loads(out.read_text())["ratios"]["peak_memory_bytes"]
+    assert 0.85 <= ratio <= 1.15, ratio

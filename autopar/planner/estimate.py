@@ -36,6 +36,27 @@ def chosen_collectives(ip: "IntraOpProblem", choices: Sequence[int]) -> list[Col
 
 def reshard_buffers(ip: "IntraOpProblem", choices: Sequence[int]) -> list[tuple[float, int, int]]:
     """The copies resharding makes: one per (tensor, wanted spec), live from its first to its last use."""
+    return reshard_copies(ip, choices)[0]
+
+
+def reshard_copies(ip: "IntraOpProblem", choices: Sequence[int], platform: str = ""
+                   ) -> tuple[list[tuple[float, int, int]], dict[int, set[int]]]:
+    """The copies resharding makes (``reshard_buffers``) and the reads that go through a copy made as soon as
+    its value exists (tensor id -> reading ops; ``memory.estimate_memory``'s ``moved_reads``).
+
+    On a platform in ``memory.platform_early_slices`` a resharding that only slices (no collective: replicated
+    to split, ``reshard_steps`` is empty) is a dynamic-slice of the value that XLA's scheduler runs right
+    after the value is made, fused with its producer, and the full value is not kept for the later readers:
+    the copy lives from the value's producer to its last reader, and those readers no longer hold the value
+    (gpt_tiny on a (2, 4) mesh: q, k, v and the attention probabilities, replicated over the heads where the
+    plan splits the heads' dot, are held as one head's slices until the backward; XLA:CPU, jax 0.10.2). This
+    holds for readers that take their operands as buffers (dots); an elementwise or reduction reader fuses the
+    dynamic-slice into itself and reads the full value, which it keeps alive (the softmax backward's reads of
+    ``exp``), so those copies stay at their readers. Only within one program of a pipelined stage."""
+    from autopar.cost_models.memory import FUSES_INPUTS, platform_early_slices
+    from autopar.cost_models.program_memory import PROGRAM_OF_OP
+
+    g = ip.graph
     specs = ip.tensor_specs(choices)
     spans: dict[tuple[int, Any], list[int]] = {}
     for site in ip.sites:
@@ -44,11 +65,25 @@ def reshard_buffers(ip: "IntraOpProblem", choices: Sequence[int]) -> list[tuple[
         if want is None or src is None or src == want or site.op < 0:
             continue
         spans.setdefault((site.tensor, want), []).append(site.op)
+    phases = g.annotations.get(PROGRAM_OF_OP)
     out = []
+    moved: dict[int, set[int]] = {}
     for (tid, want), ops in spans.items():
-        t = ip.graph.tensors[tid]
-        out.append((float(want.bytes_per_device(t.shape, t.dtype, ip.mesh)), min(ops), max(ops)))
-    return out
+        t = g.tensors[tid]
+        nbytes = float(want.bytes_per_device(t.shape, t.dtype, ip.mesh))
+        p = t.producer
+        early = []
+        if (platform in platform_early_slices and p is not None
+                and (not phases or len({phases[o] for o in (p, *ops)}) == 1)
+                and not reshard_steps(specs[tid], want, t.shape, t.dtype, ip.mesh)):
+            early = [o for o in ops if g.ops[o].primitive not in FUSES_INPUTS]
+        if early:
+            out.append((nbytes, p, max(early)))
+            moved.setdefault(tid, set()).update(early)
+        late = [o for o in ops if o not in early]
+        if late:
+            out.append((nbytes, min(late), max(late)))
+    return out, moved
 
 
 def operand_specs(ip: "IntraOpProblem", choices: Sequence[int]) -> list[tuple[int, int, Any]]:
@@ -105,7 +140,8 @@ def estimate_plan(ip: "IntraOpProblem", choices: Sequence[int], device: Any) -> 
         return float(t.nbytes) if spec is None else float(spec.bytes_per_device(t.shape, t.dtype, mesh))
 
     # a pipelined stage: the largest of its programs (forward, backward, update), else the one program
-    mem = estimate_programs(ip.graph, tensor_bytes, reshard_buffers(ip, choices), platform=device.kind)
+    reshards, moved = reshard_copies(ip, choices, device.kind)
+    mem = estimate_programs(ip.graph, tensor_bytes, reshards, platform=device.kind, moved_reads=moved)
     from autopar.planner.memory_row import HELD_COPIES
 
     copies = ip.graph.annotations.get(HELD_COPIES, {})   # what other microbatches of a pipelined stage hold
