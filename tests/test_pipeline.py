@@ -68,7 +68,9 @@ def test_gradient_accumulation_without_pipeline_matches_jit() -> None:
 def test_data_parallel_and_zero_accumulate_gradients_over_microbatches(method: autopar.Method) -> None:
     """DataParallel / ZeroParallel with num_microbatches: one stage on all 8 devices, the batch split over them,
     the method's state rules kept (replicated parameters, or every parameter sharded for ZeRO-3), and the
-    numbers of plain jax.jit; the accumulated plan holds less than the whole-batch one."""
+    numbers of plain jax.jit; the estimate orders the accumulated and the whole-batch plans' memory as XLA does
+    (on XLA:CPU, accumulating mlp_tiny under DataParallel holds more than the whole batch, whose activations
+    sit in the free output allocations: 89.5 KB vs 83.9 KB compiled at batch 32; ZeRO-3 holds less)."""
     pf = _check("mlp_tiny", 32, method)
     args = _fixture("mlp_tiny", 32)[1]
     plan = pf.get_plan(*args)
@@ -81,9 +83,13 @@ def test_data_parallel_and_zero_accumulate_gradients_over_microbatches(method: a
         assert all(v for name, v in sharded.items() if "kernel" in name), specs
     else:
         assert not any(sharded.values()), specs
-    whole = autopar.plan(_fixture("mlp_tiny", 32)[0], *args, method=dataclasses.replace(method, num_microbatches=None),
-                         batch_argnums=(1,))
-    assert plan.estimate.peak_memory_bytes < whole.estimate.peak_memory_bytes
+    fn = _fixture("mlp_tiny", 32)[0]
+    acc, whole = (autopar.audit(fn, *args, method=m, batch_argnums=(1,))
+                  for m in (method, dataclasses.replace(method, num_microbatches=None)))
+    for r in (acc, whole):
+        assert 0.85 <= r.ratios()["peak_memory_bytes"] <= 1.15, r.ratios()
+    assert (acc.predicted.peak_memory_bytes < whole.predicted.peak_memory_bytes) == \
+        (acc.compiled.peak_memory_bytes < whole.compiled.peak_memory_bytes)
 
 
 def test_the_update_is_timed_once_per_step_whatever_node_it_was_folded_into() -> None:

@@ -77,7 +77,7 @@ def reshard_copies(ip: "IntraOpProblem", choices: Sequence[int], platform: str =
                 and (not phases or len({phases[o] for o in (p, *ops)}) == 1)
                 and not reshard_steps(specs[tid], want, t.shape, t.dtype, ip.mesh)):
             early = [o for o in ops if g.ops[o].primitive not in FUSES_INPUTS]
-        if early:
+        if early and p is not None:
             out.append((nbytes, p, max(early)))
             moved.setdefault(tid, set()).update(early)
         late = [o for o in ops if o not in early]
