@@ -38,11 +38,13 @@ layout assignment; GPU emits select-and-scatter directly), so neither rule is re
 It also runs every weight gradient after the whole input-gradient chain (not modelled: program order is kept,
 see docs/cost_model.md for why), and recomputes the tanh of a tanh-GELU in fp32 on an H100 but keeps it on an
 H200 and in bf16 (kept here).
-The expansions are placed at the op, in program order, except XLA:CPU's backward-convolution relayout copies
-of forward activations, which its scheduler makes where the activation is made (``_made_at``). XLA:CPU also
-keeps LayerNorm's two activation-sized broadcasts (scale, rsqrt) until the backward, and places temporaries
-into the program outputs' allocations while those are free (``platform_placements``;
-``cost_models.buffer_assignment``). Known gaps (XLA:CPU, jax 0.10.2): XLA CSEs repeated jaxpr
+The expansions are placed at the op, in program order, except where XLA:CPU's breadth-first scheduler runs them
+as soon as what they read exists (``_made_at``): a backward convolution's relayout copy of a forward activation
+right after the activation, a copy of a program argument at the program's start, and, when the max-pool
+gradient's operand is an argument (the backward program of a pipelined stage), the select half of its
+expansion there too. XLA:CPU also keeps LayerNorm's two activation-sized broadcasts (scale, rsqrt) until the
+backward, and places temporaries into the program outputs' allocations while those are free
+(``platform_placements``; ``cost_models.buffer_assignment``). Known gaps (XLA:CPU, jax 0.10.2): XLA CSEs repeated jaxpr
 subexpressions that this model counts twice; XLA:CPU fuses a dot into the max reduction of
 a softmax that reads it (the fusion's root is ``x - max``, so the logits get no buffer of their own) and lets an
 elementwise fusion write into a dying operand's buffer of its size (the model does that only for outputs):
@@ -90,7 +92,18 @@ def _select_and_scatter_add_cpu(g: "Graph", op: "Op", size: TensorBytes) -> list
     is padding) and a variadic reduce-window returning S window maxima and ``r`` s32 coordinates, which are
     concatenated (``S x r`` s32) and, with the zeroed scatter target of shape P, held until the *scatter* half
     runs with a copy of the source. The result is sliced out of the target (with no padding the target is the
-    result, the buffer the walk holds). Everything scales with the operand's per-device share."""
+    result, the buffer the walk holds). Everything scales with the operand's per-device share.
+
+    The select half reads only the operand, and XLA:CPU's breadth-first scheduler (``_made_at``) runs it as
+    soon as the operand exists. When the operand is an argument (the backward program of a pipelined stage
+    takes the pooled activation the forward program saved) that is the program's start: the select half's
+    scratch is charged there and the coordinates and target from there to the scatter (wresnet_tiny's
+    two-stage pipeline on 8 devices: iotas, padded operand and zeroed target among the first instructions,
+    next to the relayout copies of the other arguments; stage 0's backward 0.84 -> 0.89 of XLA's peak). In one
+    program XLA runs it in the forward pass, right after the pooled activation, and holds the coordinates and
+    target (70 KiB at 4 images) to the backward; the walk keeps all of it at the op there: charged from the
+    forward, the one-program Wide-ResNet plans read 1.11-1.16 of XLA's peak (an over-estimate elsewhere in
+    those programs that it would expose, not found)."""
     source, operand = g.tensors[op.inputs[0]], g.tensors[op.inputs[1]]
     out = g.tensors[op.outputs[0]]
     pads = op.params.get("padding", ())
@@ -104,7 +117,16 @@ def _select_and_scatter_add_cpu(g: "Graph", op: "Op", size: TensorBytes) -> list
     if not has_pad and not _held_by_walk(g, out):
         held += p * b
     select = r * INDEX_BYTES * p + (p * b if has_pad else 0.0) + s * b    # iotas, padded operand, maxima
-    return [(held + max(select, s * b), op.id, op.id)]                 # then the source copy
+    start = _select_made_at(operand, op)
+    if start == op.id:
+        return [(held + max(select, s * b), op.id, op.id)]             # then the source copy
+    return [(held, start, op.id), (select, start, start), (s * b, op.id, op.id)]
+
+
+def _select_made_at(operand: "Tensor", op: "Op") -> int:
+    """Where the walk charges the select half of an expanded ``select_and_scatter_add``: at the program's start
+    when the operand is an argument (``_made_at``), else at the op (see the docstring above)."""
+    return _made_at(operand, op) if operand.producer is None else op.id
 
 
 def _conv_relayout_cpu(g: "Graph", op: "Op", size: TensorBytes) -> list[Buffer]:
@@ -124,10 +146,10 @@ def _conv_relayout_cpu(g: "Graph", op: "Op", size: TensorBytes) -> list[Buffer]:
     spatial = tuple(range(1, n - 1))
     out: list[Buffer] = []
     if tuple(dn.lhs_spec) != (0, n - 1, *spatial):
-        out.append((size(lhs), _made_at(lhs, op), op.id))
+        out.append((size(lhs), _copy_made_at(lhs, rhs, op, size), op.id))
     kernel_rev = rhs.producer is not None and g.ops[rhs.producer].primitive == "rev"
     if tuple(dn.rhs_spec) != (n - 1, n - 2, *range(n - 2)) and not kernel_rev:
-        out.append((size(rhs), _made_at(rhs, op), op.id))
+        out.append((size(rhs), _copy_made_at(rhs, lhs, op, size), op.id))
     res = g.tensors[op.outputs[0]]
     if tuple(dn.out_spec) != (0, n - 1, *spatial):
         # the transposed result is written after the convolution, while the canonical one is live: the walk's
@@ -139,13 +161,26 @@ def _conv_relayout_cpu(g: "Graph", op: "Op", size: TensorBytes) -> list[Buffer]:
 
 
 def _made_at(t: "Tensor", op: "Op") -> int:
-    """Where XLA's scheduler makes a relayout copy that reads only ``t``: right after ``t``'s producer — a
-    backward convolution's copy of a forward activation is made in the forward pass and held until the backward
-    (XLA:CPU, wresnet_tiny at 2 to 16 images on one device). A program input's copy is placed at ``op``: XLA
-    hoists it to the program's start too (the images' copy for the stem's weight gradient), but under a
-    sharding plan the convolution reads a resharded slice of the input, which the input's size does not give
-    (a replicated batch of 16 charged whole on 8 devices read 1.25 of XLA's peak)."""
-    return t.producer if t.producer is not None else op.id
+    """Where XLA's scheduler makes a copy that reads only ``t``: right after ``t``'s producer, at the program's
+    start for a program input. XLA:CPU schedules breadth first (``BFSMemoryScheduler``, its
+    concurrency-optimized default): an instruction runs once its operands are ready, so a backward
+    convolution's relayout copy of a forward activation is made in the forward pass and held until the
+    backward (wresnet_tiny at 2 to 16 images on one device), and in the backward program of a pipelined stage,
+    which takes the activations the forward program saved as arguments, the copies of those arguments (and of
+    the images, for the stem's weight gradient) are all made at its start (wresnet_tiny's two-stage pipeline on
+    8 devices: eight copies, 88 KiB, from the program's first instructions)."""
+    return t.producer if t.producer is not None else 0
+
+
+def _copy_made_at(t: "Tensor", other: "Tensor", op: "Op", size: TensorBytes) -> int:
+    """``_made_at`` for a convolution operand's relayout copy, except for a program input held at a larger
+    share than the convolution's other operand: the plan reshards it to a slice before the convolution (a
+    replicated batch read by a batch-split weight gradient), and the copy is of that slice, made at the
+    convolution (charged there, whole: a replicated batch of 16 charged from the start on 8 devices read 1.25
+    of XLA's peak)."""
+    if t.producer is None and _share(t, size) > _share(other, size):
+        return op.id
+    return _made_at(t, op)
 
 
 _SHARED_READS: "weakref.WeakKeyDictionary[Graph, dict[int, list[tuple[int, int]]]]" = weakref.WeakKeyDictionary()
