@@ -188,11 +188,16 @@ Structure = tuple[dict[int, bool], dict[int, int]]
 _STRUCTURE: "weakref.WeakKeyDictionary[Graph, dict[str, Structure]]" = weakref.WeakKeyDictionary()
 
 
+def _fusion_key(platform: str) -> str:
+    """The platform's key in the per-graph caches: platforms without their own fusion rules share ""."""
+    return platform if platform in platform_duplicated or platform in platform_folds else ""
+
+
 def _structure(g: "Graph", platform: str = "") -> Structure:
     """Which values get buffers and where each is last read: mesh-independent, so computed once per graph and
     platform (the planner estimates one graph on many meshes). Platforms without their own fusion rules share
     the default entry."""
-    key = platform if platform in platform_duplicated or platform in platform_folds else ""
+    key = _fusion_key(platform)
     per_graph = _STRUCTURE.setdefault(g, {})
     hit = per_graph.get(key)
     if hit is None:
@@ -237,7 +242,7 @@ def _uses_without(g: "Graph", platform: str, uses: dict[int, int],
     when there are none)."""
     if not moved_reads:
         return uses
-    key = platform if platform in platform_duplicated or platform in platform_folds else ""
+    key = _fusion_key(platform)
     per_graph = _REACH.setdefault(g, {})
     reach = per_graph.get(key)
     if reach is None:
@@ -259,7 +264,7 @@ def estimate_memory(g: "Graph", tensor_bytes: TensorBytes | None = None,
     makes (XLA reshards a value once for all its uses that want the same layout, so the copy lives from the
     first such use to the last).
     ``moved_reads``: tensor id -> the ops that read it through such a copy made as soon as the tensor exists
-    (a resharding that only slices: ``planner.estimate.reshard_buffers``); those reads do not keep the tensor
+    (a resharding that only slices: ``planner.estimate.reshard_copies``); those reads do not keep the tensor
     alive.
     ``platform``: the device kind the program is compiled for ("cpu", "gpu", "tpu"); it selects the backend's
     expansions in ``platform_buffer_rules`` (none for an empty or unknown platform).

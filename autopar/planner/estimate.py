@@ -34,15 +34,11 @@ def chosen_collectives(ip: "IntraOpProblem", choices: Sequence[int]) -> list[Col
     return steps
 
 
-def reshard_buffers(ip: "IntraOpProblem", choices: Sequence[int]) -> list[tuple[float, int, int]]:
-    """The copies resharding makes: one per (tensor, wanted spec), live from its first to its last use."""
-    return reshard_copies(ip, choices)[0]
-
-
 def reshard_copies(ip: "IntraOpProblem", choices: Sequence[int], platform: str = ""
                    ) -> tuple[list[tuple[float, int, int]], dict[int, set[int]]]:
-    """The copies resharding makes (``reshard_buffers``) and the reads that go through a copy made as soon as
-    its value exists (tensor id -> reading ops; ``memory.estimate_memory``'s ``moved_reads``).
+    """The copies resharding makes, one per (tensor, wanted spec), live from its first to its last use, and the
+    reads that go through a copy made as soon as its value exists (tensor id -> reading ops;
+    ``memory.estimate_memory``'s ``moved_reads``).
 
     On a platform in ``memory.platform_early_slices`` a resharding that only slices (no collective: replicated
     to split, ``reshard_steps`` is empty) is a dynamic-slice of the value that XLA's scheduler runs right
