@@ -75,14 +75,14 @@ def _plan_auto(tracer: "_Tracer", cluster: ClusterSpec, memory_budget: float | N
     """Auto: the faster of ShardParallel() and PipeshardParallel(); a one-stage, one-microbatch pipeline is
     planned again as the single SPMD program it is."""
     found: list[Plan] = []
-    errors: list[Exception] = []
+    errors: list[tuple[Method, Exception]] = []
     for candidate in (ShardParallel(), PipeshardParallel()):
         try:
             found.append(_plan_abstract(tracer, cluster, candidate, memory_budget, solver, time_limit_s))
         except (InfeasibleMemoryError, ValueError, SolverTimeLimitError) as e:
-            errors.append(e)
+            errors.append((candidate, e))
     if not found:
-        raise errors[0]
+        raise _auto_error(errors)
     best = min(found, key=lambda p: p.estimate.step_time_s)
     if _is_pipelined_plan(best) and len(best.stages) == 1 and \
             best.method_options.get("num_microbatches") in (None, 1) and \
@@ -99,6 +99,20 @@ def _plan_auto(tracer: "_Tracer", cluster: ClusterSpec, memory_budget: float | N
         if single.estimate.step_time_s <= best.estimate.step_time_s * (1 + SINGLE_PROGRAM_TOLERANCE):
             return single
     return min(found, key=lambda p: (p.estimate.step_time_s, _is_pipelined_plan(p)))  # ties: one program
+
+
+def _auto_error(errors: list[tuple[Method, Exception]]) -> Exception:
+    """The error of an Auto that found no plan: every candidate's reason, so the pipeline search's is not hidden
+    behind the single program's; a memory error when any candidate ran out of memory, with the least budget
+    that one of them names (the single program's needs no microbatching; none is known for the pipeline)."""
+    if len(errors) == 1:
+        return errors[0][1]
+    why = "; ".join(f"{type(m).__name__}(): {e}" for m, e in errors)
+    memory = [e for _, e in errors if isinstance(e, InfeasibleMemoryError)]
+    if not memory:
+        return ValueError(f"Auto found no plan: {why}")
+    need = min(e.min_budget_bytes for e in memory)
+    return InfeasibleMemoryError(f"Auto found no plan: {why}", need, memory[0].budget_bytes)
 
 
 def _plan_abstract(tracer: "_Tracer", cluster: ClusterSpec, method: Method, memory_budget: float | None,

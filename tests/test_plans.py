@@ -172,6 +172,22 @@ def test_memory_budget_changes_plan_and_is_respected() -> None:
     assert used <= budget * 1.10, f"XLA uses {used / 2**20:.1f} MiB per device, budget {budget / 2**20:.1f} MiB"
 
 
+def test_auto_that_fits_nowhere_names_every_candidates_reason() -> None:
+    """Auto tries one program and the pipeline search; when neither fits, the error carries both reasons (it
+    used to raise the single program's alone, and the benchmark reported MoE-27B's Auto as needing 284 GiB)
+    and the least budget one of them names."""
+    step, args = mlp_step(h=256, batch=64, layers=2)
+    cluster = autopar.ClusterSpec.preset("dgx-a100")
+    with pytest.raises(InfeasibleMemoryError) as info:
+        autopar.plan(step, *args, cluster=cluster, method="auto", memory_budget=1.0)
+    text = str(info.value)
+    assert text.startswith("Auto found no plan") and "ShardParallel()" in text and "PipeshardParallel()" in text
+    assert "no pipeline layout fits" in text, text
+    with pytest.raises(InfeasibleMemoryError) as single:
+        autopar.plan(step, *args, cluster=cluster, method=autopar.ShardParallel(), memory_budget=1.0)
+    assert info.value.min_budget_bytes == single.value.min_budget_bytes
+
+
 # ---- (e) determinism ----------------------------------------------------------------------------------------
 def test_planning_is_deterministic() -> None:
     sa, first = _planned("block")

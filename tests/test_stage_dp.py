@@ -76,6 +76,18 @@ def test_dp_equals_brute_force(seed: int) -> None:
     assert _objective(layout, costs, m) == pytest.approx(want)
 
 
+def test_a_layer_without_compute_does_not_break_the_bound_grid() -> None:
+    """A layer range that costs 0 s (a layer of reshapes) with more distinct range times than the bound grid
+    holds: the grid is geometric over the positive times plus 0 (np.geomspace from 0 raised "Geometric
+    sequence cannot include zero"), and the DP still equals brute force."""
+    rng = random.Random(7)
+    costs = _costs(rng, 7)
+    costs[0] = [LayerCost(t_mb=0.0, t_fwd=0.0, t_apply=0.0, peak=0.0, stash=0.0, inputs=0.0) for _ in OPTIONS]
+    layout = stage_dp(costs, OPTIONS, 4, 4, 4, "1f1b", 40.0, remat_choices=(0,))
+    assert layout is not None
+    assert _objective(layout, costs, 4) == pytest.approx(_brute(costs, 4, 4, 40.0))
+
+
 def test_uniform_ranking_follows_the_pipeline_formula() -> None:
     """Megatron-shaped layouts: p = devices / sub-mesh equal stages; estimate sum(t) + (m - 1) max(t); a
     rematerialized entry only where the plain one does not fit; layouts that do not fit are left out."""

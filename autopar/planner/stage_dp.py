@@ -183,8 +183,12 @@ def stage_dp(costs: list[list[LayerCost | None]], options: Sequence[MeshOption],
     finite = np.unique(times[np.isfinite(times)])
     if finite.size == 0:
         return None
-    grid = np.unique(np.geomspace(finite.min(), finite.max(), T_MAX_GRID) * (1 + 1e-9)) \
-        if finite.size > T_MAX_GRID else finite * (1 + 1e-9)
+    if finite.size > T_MAX_GRID:     # a range of layers without compute costs 0, which no geometric grid holds
+        positive = finite[finite > 0]
+        grid = np.unique(np.concatenate([finite[finite <= 0],
+                                         np.geomspace(positive.min(), positive.max(), T_MAX_GRID)]) * (1 + 1e-9))
+    else:
+        grid = finite * (1 + 1e-9)
     d_idx = np.arange(n_devices + 1)
     best: tuple[float, Any] | None = None
     for t_max in grid:               # ascending: once (m - 1) t_max alone exceeds the best, nothing can win
