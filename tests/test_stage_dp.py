@@ -170,6 +170,22 @@ def test_microbatch_walk_goes_downhill_from_the_best_grid_point() -> None:
     assert next_microbatch_count(many, 1024) == []                              # at most 7 counts
 
 
+def test_while_nothing_fits_the_walk_bisects_between_the_largest_counts() -> None:
+    """MoE-27B on 32 GPUs fits at none of the grid's counts (1, 128, 1024) but does at 256: with no count
+    fitting, the search tries the count nearest the geometric mean of the two largest tried, then the next."""
+    from autopar.planner.stage_dp import MAX_MICROBATCH_COUNTS, next_fitting_count
+
+    inf = float("inf")
+    assert next_fitting_count({1: inf, 128: inf, 1024: inf}, 1024) == [256]     # tie 256 / 512: fewer
+    assert next_fitting_count({1: inf, 128: inf, 256: inf, 1024: inf}, 1024) == [512]
+    assert next_fitting_count({1: inf, 128: inf, 256: inf, 512: inf, 1024: inf}, 1024) == [8]
+    assert next_fitting_count({1: inf, 192: inf, 1536: inf}, 1536) == [512]
+    assert next_fitting_count({1: inf, 128: 3.0, 1024: inf}, 1024) == []        # something fits: the walks
+    assert next_fitting_count({1: inf, 2: inf}, 2) == []                        # no count left between
+    many = {2 ** i: inf for i in range(MAX_MICROBATCH_COUNTS)}
+    assert next_fitting_count(many, 4096) == []
+
+
 def test_after_the_walk_each_near_layout_walks_from_its_own_best_count() -> None:
     """Llama-3-8B on 8 H100s: the fastest count's walk ends at 256 (4 stages on (2,)); one stage on (8,) is
     best at 128 among the counts tried and walks on to 64, where it is the fastest plan."""
