@@ -109,8 +109,9 @@ def _auto_error(errors: list[tuple[Method, Exception]]) -> Exception:
         return errors[0][1]
     why = "; ".join(f"{type(m).__name__}(): {e}" for m, e in errors)
     memory = [e for _, e in errors if isinstance(e, InfeasibleMemoryError)]
-    if not memory:
-        return ValueError(f"Auto found no plan: {why}")
+    if not memory:      # the first candidate's kind (a time limit stays a SolverTimeLimitError)
+        kind = type(errors[0][1])
+        return kind(f"Auto found no plan: {why}") if kind in (ValueError, SolverTimeLimitError) else errors[0][1]
     need = min(e.min_budget_bytes for e in memory)
     return InfeasibleMemoryError(f"Auto found no plan: {why}", need, memory[0].budget_bytes)
 
