@@ -216,3 +216,57 @@ def test_held_copies_enter_the_memory_row_and_the_peak_at_the_chosen_spec() -> N
     assert evaluate(weighted.problem, choices) < evaluate(base.problem, choices) - 0.5 * once
     assert estimate_plan(weighted, choices, cluster.device).step_time_s == pytest.approx(
         estimate_plan(base, choices, cluster.device).step_time_s)
+
+
+def test_recomputed_forward_ops_count_their_compute_twice_in_the_objective() -> None:
+    """``RECOMPUTED`` (a rematerialized stage's forward ops): for any plan, the ILP objective and
+    ``weighted_time`` grow by exactly the recomputed ops' compute under that plan, which is what the stage's
+    estimate adds for recomputation; the plan's own estimate is unchanged."""
+    import dataclasses
+
+    import numpy as np
+
+    from autopar.planner.estimate import estimate_plan
+    from autopar.planner.intra_op import RECOMPUTED
+    from autopar.planner.problem import evaluate
+
+    graph = _graph()
+    cluster = autopar.ClusterSpec.preset("dgx-a100")
+    mesh = LogicalMesh((8,), ("x",), cluster.mesh_axes((8,), ("x",)))
+    forward = tuple(op.id for op in graph.ops if op.section.value == "forward")
+    base = build_intra_op(graph, mesh, cluster.device)
+    again = build_intra_op(dataclasses.replace(graph, annotations={RECOMPUTED: forward}), mesh, cluster.device)
+    rng = np.random.default_rng(0)
+    plans = [plan_intra_op(graph, cluster, autopar.ShardParallel(mesh_shape=(8,))).solution.choices] + [
+        tuple(int(rng.integers(len(n.strategies))) for n in base.nodes) for _ in range(20)]
+    extras = set()
+    for choices in plans:
+        extra = base.compute_of(choices, set(forward).__contains__)
+        extras.add(round(extra, 15))
+        assert extra > 0
+        assert evaluate(again.problem, choices) == pytest.approx(evaluate(base.problem, choices) + extra, rel=1e-9)
+        est = estimate_plan(again, choices, cluster.device)
+        assert est.step_time_s == pytest.approx(estimate_plan(base, choices, cluster.device).step_time_s)
+        assert again.weighted_time(est.step_time_s, choices) == pytest.approx(est.step_time_s + extra, rel=1e-12)
+    assert len(extras) > 1          # the recomputation's cost depends on the plan: the ILP must see it
+
+
+def test_a_rematerialized_stage_is_planned_with_its_forward_recomputed() -> None:
+    """``stage_subgraph(..., recomputed=True)`` marks exactly the stage's forward ops ``RECOMPUTED``; without
+    remat nothing is marked."""
+    from autopar.ir.graph import Section
+    from autopar.pipeline.layers import op_layers
+    from autopar.pipeline.partition import split_stages
+    from autopar.planner.intra_op import RECOMPUTED
+    from autopar.planner.pipeshard import stage_subgraph
+
+    step, args = mlp(64, 4, batch_size=256)
+    graph = autopar.trace(step, *args, batch_argnums=(1,))
+    layers = op_layers(graph, 2)
+    split = split_stages(graph, {0: 0, 1: 1}, 2, op_layer=layers)
+    for s in range(2):
+        plain = stage_subgraph(split, s, 4)
+        marked = stage_subgraph(split, s, 4, recomputed=True)
+        assert RECOMPUTED not in plain.graph.annotations
+        forward = {o for o, parent in enumerate(marked.parent_op) if graph.ops[parent].section is Section.FORWARD}
+        assert forward and set(marked.graph.annotations[RECOMPUTED]) == forward

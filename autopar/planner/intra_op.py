@@ -15,7 +15,7 @@ Memory: one group at the program point where live memory peaks when everything i
 outputs and the temporaries live there), each node contributing the per-device bytes of its tensors in
 that set, plus the copies other microbatches hold (``HELD_COPIES``). The group is checked against the budget
 (or the device capacity when no budget is given). In a microbatched stage (``ONCE_PER_STEP``) the update
-ops' own costs weigh 1/m.
+ops' own costs weigh 1/m; in a rematerialized stage (``RECOMPUTED``) the forward ops' compute counts twice.
 Refuses: nothing silently: ops without rules are planned replicated by the rule table (with a warning).
 """
 
@@ -49,6 +49,10 @@ if TYPE_CHECKING:
 # that run once per step (the update) while the others run once for each of the m microbatches. The ILP
 # weighs their costs by 1 / m, so it trades per-microbatch time against update time as the step does.
 ONCE_PER_STEP = "once_per_step"
+# Graph annotation of a rematerialized stage (``planner.pipeshard.plan_stages``): the sorted ids of the forward
+# ops its backward program runs again. The ILP adds their compute once more, as the stage's estimate does, so
+# it does not prefer a plan that is cheaper before recomputation and dearer after it.
+RECOMPUTED = "recomputed"
 
 # Two-operand contractions and lookups keep nodes of their own even with a single owned operand.
 NOT_MAPPED = frozenset({"dot_general", "conv_general_dilated", "gather", "scatter", "scatter-add",
@@ -103,12 +107,15 @@ class IntraOpProblem:
         return float(sum(vec[choices[v]] for o, (v, vec) in self.op_compute.items() if which(o)))
 
     def weighted_time(self, step_time_s: float, choices: Sequence[int]) -> float:
-        """``step_time_s`` of the program as the ILP weighs it (``ONCE_PER_STEP``): the update's compute
-        counted 1 / m times; ``step_time_s`` itself where the graph is not a microbatched one."""
+        """``step_time_s`` of the program as the ILP weighs it: the update's compute counted 1 / m times
+        (``ONCE_PER_STEP``), the recomputed forward's compute once more (``RECOMPUTED``); ``step_time_s`` itself
+        where the graph has neither."""
         m, once = once_per_step(self.graph)
+        again = frozenset(self.graph.annotations.get(RECOMPUTED, ()))
+        t = step_time_s + (self.compute_of(choices, again.__contains__) if again else 0.0)
         if m <= 1 or not once:
-            return step_time_s
-        return step_time_s - (1.0 - 1.0 / m) * self.compute_of(choices, once.__contains__)
+            return t
+        return t - (1.0 - 1.0 / m) * self.compute_of(choices, once.__contains__)
 
 
 def once_per_step(graph: Graph) -> tuple[int, frozenset[int]]:
@@ -269,9 +276,15 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
     cache = _CostCache(mesh)
     m_steps, once = once_per_step(graph)
 
+    again = frozenset(graph.annotations.get(RECOMPUTED, ()))
+
     def weight(op_id: int) -> float:
         """The ILP's weight of an op's own cost: 1 / m for the update of an m-microbatch step."""
         return 1.0 / m_steps if op_id in once else 1.0
+
+    def recompute(op_id: int) -> float:
+        """The ILP's extra weight of an op's compute: 1 for a forward op a rematerialized stage runs again."""
+        return 1.0 if op_id in again else 0.0
     if analysis is None or analysis.tie_layers != tie_layers:
         analysis = analyse_graph(graph, tie_layers, device.kind)
     ties, in_ties = analysis.ties, analysis.in_ties
@@ -418,8 +431,9 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
             k, main = mapped
             v, specs = owner[main]
             price = {s: strategy_cost(op, s) for s in dict.fromkeys(chosen)}
-            costs[v] += np.array([price[s][1] for s in chosen]) * weight(op.id)
             op_compute[op.id] = (v, np.array([price[s][0] for s in chosen]))
+            costs[v] += (np.array([price[s][1] for s in chosen]) * weight(op.id)
+                         + op_compute[op.id][1] * recompute(op.id))
             compute[v] += op_compute[op.id][1]
             owner[op.outputs[0]] = (v, prop_cache[pkey][2])
             sites.append(ReshardSite(main, v, tuple(s.in_specs[k] for s in chosen), op.id))
@@ -432,7 +446,7 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
             for o in op.outputs:
                 owner[o] = (v, specs)
             shards_cost = follower_costs(op, specs)
-            costs[v] += shards_cost * weight(op.id)
+            costs[v] += shards_cost * (weight(op.id) + recompute(op.id))
             compute[v] += shards_cost
             op_compute[op.id] = (v, shards_cost)
             merged[v].append(op.id)
@@ -463,11 +477,11 @@ def build_intra_op(graph: Graph, mesh: "LogicalMesh", device: Any, *,
         op_compute[op.id] = (v, comp)
         if rep is None:
             nodes.append(NodeInfo("op", op.id, f"op{op.id}:{op.primitive}", strategies))
-            costs.append((comp + comm) * weight(op.id))
+            costs.append((comp + comm) * weight(op.id) + comp * recompute(op.id))
             compute.append(comp.copy())      # grows with the ops folded in; ``comp`` stays this op's own
             node_of_op[op.id] = v
         else:
-            costs[v] += (comp + comm) * weight(op.id)
+            costs[v] += (comp + comm) * weight(op.id) + comp * recompute(op.id)
             compute[v] += comp
             tied[v].append(op.id)
         for k, o in enumerate(op.outputs):

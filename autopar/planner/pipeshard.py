@@ -30,7 +30,7 @@ from autopar.methods import Method, ShardParallel
 from autopar.pipeline.partition import APPLY, BACKWARD, FORWARD, StageSplit, split_stages
 from autopar.pipeline.schedule import bubble_of, in_flight, pipeline_time
 from autopar.plan import Estimate, Plan, StagePlan
-from autopar.planner.intra_op import ONCE_PER_STEP
+from autopar.planner.intra_op import ONCE_PER_STEP, RECOMPUTED
 from autopar.planner.memory_row import HELD_COPIES
 from autopar.planner.problem import InfeasibleMemoryError, SolverTimeLimitError, format_bytes
 from autopar.planner.shard_parallel import IntraOpResult, fixed_tensors, graph_fingerprint, plan_intra_op
@@ -139,11 +139,13 @@ _PROGRAM_INDEX = {FORWARD: 0, BACKWARD: 1, APPLY: 2}
 
 
 def stage_subgraph(split: StageSplit, stage: int, num_microbatches: int = 1,
-                   one_microbatch_program: bool = False) -> Subgraph:
+                   one_microbatch_program: bool = False, recomputed: bool = False) -> Subgraph:
     """Stage ``stage``'s ops as a graph of their own; with ``num_microbatches`` m > 1 its ops that run once per
     step (the update) are annotated ``ONCE_PER_STEP`` with m, for the ILP to weigh them by 1 / m. With
     ``one_microbatch_program`` its memory is costed as if forward and backward were one program (as a lone
-    stage runs them), whatever the split's pieces."""
+    stage runs them), whatever the split's pieces. ``recomputed``: a rematerialized stage; where it has a
+    backward, its forward ops are annotated ``RECOMPUTED``, for the ILP to count their compute twice, as the
+    stage's estimate does."""
     g = split.graph
 
     def role(t: Any) -> Role:
@@ -167,6 +169,9 @@ def stage_subgraph(split: StageSplit, stage: int, num_microbatches: int = 1,
     once = tuple(o for o, parent in enumerate(sub.parent_op) if parent not in split.microbatched)
     if num_microbatches > 1 and once:      # a sorted tuple: its repr keys the intra-op cache
         notes[ONCE_PER_STEP] = (num_microbatches, once)
+    if recomputed and any(piece.phase == BACKWARD for piece in split.pieces_of(stage)):
+        notes[RECOMPUTED] = tuple(o for o, parent in enumerate(sub.parent_op)
+                                  if g.ops[parent].section is Section.FORWARD)
     marked = dataclasses.replace(sub.graph, annotations={**sub.graph.annotations, **notes})
     return dataclasses.replace(sub, graph=marked)
 
@@ -193,7 +198,7 @@ def plan_stages(graph: Graph, cluster: ClusterSpec, layout: StageLayout, *, num_
     limit = memory_budget if memory_budget is not None else float(cluster.device.memory_bytes)
     for s in range(layout.num_stages):
         n = layout.device_counts[s]
-        sub = stage_subgraph(split, s, m)
+        sub = stage_subgraph(split, s, m, recomputed=layout.remat[s])
         keep = in_flight(schedule, layout.num_stages, m, s)
         structure = structure_key(sub.graph)
         key = (structure, n, layout.logical_meshes[s], keep, layout.remat[s], layout.batch_first(s))
