@@ -104,7 +104,7 @@ def _plan_auto(tracer: "_Tracer", cluster: ClusterSpec, memory_budget: float | N
 def _auto_error(errors: list[tuple[Method, Exception]]) -> Exception:
     """The error of an Auto that found no plan: every candidate's reason, so the pipeline search's is not hidden
     behind the single program's; a memory error when any candidate ran out of memory, with the least budget
-    that one of them names (the single program's needs no microbatching; none is known for the pipeline)."""
+    that one of them names (the pipeline search names its least demanding layout's, where it planned one)."""
     why = "; ".join(f"{type(m).__name__}(): {e}" for m, e in errors)
     memory = [e for _, e in errors if isinstance(e, InfeasibleMemoryError)]
     if not memory:      # the first candidate's kind (a time limit stays a SolverTimeLimitError)

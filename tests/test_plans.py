@@ -219,3 +219,27 @@ def test_plan_calls_share_traces_per_signature(monkeypatch: pytest.MonkeyPatch) 
     step2, _ = mlp_step(h=64, batch=256)             # another function object traces again
     autopar.plan(step2, p, b, method="data", cluster="p3.16xlarge")
     assert len(calls) == 3
+
+
+def test_a_pipeline_search_that_fits_nowhere_names_its_least_demanding_layout(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """When every layout planned exactly is over the budget, the search's error carries the least memory one of
+    them needs (the bench reported MoE-70B's Auto as needing 285 GiB, the single program's, though pipeline
+    layouts needed far less). Auto's error takes the least of its candidates' needs (``_auto_error``)."""
+    from autopar.planner import stage_dp
+
+    needs = iter(range(10**9, 10**12, 10**9))
+    seen: list[float] = []
+
+    def over(self: Any, stages: Any, opts: Any, remat: Any) -> Any:
+        self.tried.add(self._key(stages, opts, remat))
+        seen.append(float(next(needs)))
+        raise InfeasibleMemoryError(f"stage 0 needs {seen[-1]:.0f} bytes", seen[-1], 1.0)
+
+    monkeypatch.setattr(stage_dp._LayoutSearch, "exact", over)
+    step, args = mlp_step(h=256, batch=64, layers=2)
+    cluster = autopar.ClusterSpec.preset("dgx-a100")
+    with pytest.raises(InfeasibleMemoryError) as info:
+        autopar.plan(step, *args, cluster=cluster, method=autopar.PipeshardParallel())
+    assert seen and info.value.min_budget_bytes == min(seen)
+    assert "the least demanding layout planned needs" in str(info.value)

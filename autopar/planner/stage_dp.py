@@ -40,7 +40,7 @@ from autopar.pipeline.layers import balanced_split, layer_flops, op_layers
 from autopar.pipeline.partition import split_stages
 from autopar.planner.pipeshard import (SHARED_CACHE, DataTensorShard, IntraOpCache, StagedResult, _compute_of,
                                        _parent_specs, _stash_bytes, stage_subgraph, submesh_cluster)
-from autopar.planner.problem import InfeasibleMemoryError, SolverTimeLimitError
+from autopar.planner.problem import InfeasibleMemoryError, SolverTimeLimitError, format_bytes
 
 INF = float("inf")
 T_MAX_GRID = 24
@@ -257,6 +257,7 @@ def search_stages(trace_at: Callable[[int], Graph], batch: int, cluster: Cluster
     log: list[dict[str, Any]] = []
     tried: dict[int, float] = {}
     by_layout: dict[tuple[Any, ...], dict[int, float]] = {}      # Megatron-shaped layout -> count -> step time
+    least_need = INF               # the least memory per device of the layouts planned exactly that did not fit
     while ms:
         m = ms.pop(0)
         # a batch-first mesh whose dp axis does not divide the microbatch is the free mesh again
@@ -275,6 +276,7 @@ def search_stages(trace_at: Callable[[int], Graph], batch: int, cluster: Cluster
         log.append({"num_microbatches": m, "layer_ilps": solved, "ilps": cache.solved - before, "trace_time_s": t1 - t0,
                     "layer_time_s": t2 - t1,
                     "stage_plan_time_s": time.perf_counter() - t2, **search.entry})
+        least_need = min(least_need, search.least_need)
         tried[m] = res.plan.estimate.step_time_s if res is not None else INF
         for kind, t in search.layout_times().items():
             by_layout.setdefault(kind, {})[m] = t
@@ -286,8 +288,10 @@ def search_stages(trace_at: Callable[[int], Graph], batch: int, cluster: Cluster
                   or next_fitting_count(tried, batch))
     if best is None:
         why = "; ".join(f"{e['num_microbatches']} microbatches: {e.get('error', 'no layout fits')}" for e in log)
-        raise InfeasibleMemoryError(f"no pipeline layout fits in {limit / 2**30:.3g} GiB per device ({why}): use "
-                                    "more devices, a larger budget or a smaller batch", INF, limit)
+        least = f"; the least demanding layout planned needs {format_bytes(least_need)} per device" \
+            if math.isfinite(least_need) else ""
+        raise InfeasibleMemoryError(f"no pipeline layout fits in {limit / 2**30:.3g} GiB per device ({why}{least}): "
+                                    "use more devices, a larger budget or a smaller batch", least_need, limit)
     search_log = dict(best.plan.search)
     search_log.update({"search_time_s": time.perf_counter() - start, "stage_dp": log})
     from dataclasses import replace
@@ -330,6 +334,7 @@ class _LayoutSearch:
 
     def __post_init__(self) -> None:
         self.entry: dict[str, Any] = {"rounds": 0}
+        self.least_need = INF          # the least per-device memory an exactly planned layout that did not fit needs
         self.tried: set[tuple[Any, ...]] = set()
         self.estimated: dict[tuple[Any, ...], float] = {}     # uniform layout kind -> layer-cost estimate
         self.exact_times: dict[tuple[Any, ...], float] = {}   # uniform layout kind -> exact step time
@@ -368,7 +373,12 @@ class _LayoutSearch:
             return self.exact(stages, opts, remat)
         except (InfeasibleMemoryError, SolverTimeLimitError) as e:
             self.entry.setdefault("errors", []).append(str(e)[:200])
+            self.note_need(e)
             return None
+
+    def note_need(self, e: Exception) -> None:
+        if isinstance(e, InfeasibleMemoryError) and math.isfinite(e.min_budget_bytes) and e.min_budget_bytes > 0:
+            self.least_need = min(self.least_need, e.min_budget_bytes)
 
     def best(self, flops: list[float]) -> StagedResult | None:
         first = self.dp_layout()
@@ -400,6 +410,7 @@ class _LayoutSearch:
                 res = self.exact([j - k for k, j, _, _ in layout], opts, remat)
             except InfeasibleMemoryError as e:
                 self.entry["error"] = str(e)
+                self.note_need(e)
                 need = e.min_budget_bytes if math.isfinite(e.min_budget_bytes) and e.min_budget_bytes > 0 \
                     else 2 * self.limit
                 dp_limit *= min(self.limit / need, 0.95)
