@@ -210,7 +210,7 @@ def test_after_the_walk_each_near_layout_walks_from_its_own_best_count() -> None
 def test_identical_stages_and_repeated_layouts_share_intra_op_plans() -> None:
     """One ILP per distinct stage, whatever microbatches each stage keeps in flight; a second layout of the same
     graph (the stage search plans several) solves nothing new, and its plan equals the one planned without the
-    cache."""
+    cache. Rematerialized stages are ILPs of their own (their forward's compute counts twice)."""
     import dataclasses
 
     import autopar
@@ -229,8 +229,12 @@ def test_identical_stages_and_repeated_layouts_share_intra_op_plans() -> None:
     cache = IntraOpCache()
     layout(False, cache)
     assert cache.solved == 3                  # the first two blocks, one middle block (x3), the last block + head
-    shared = layout(True, cache)
+    layout(False, cache)
     assert cache.solved == 3
+    layout(True, cache)
+    assert cache.solved == 6                  # the same three stages, rematerialized
+    shared = layout(True, cache)
+    assert cache.solved == 6
     alone = layout(True, IntraOpCache())
     assert shared.plan.estimate == alone.plan.estimate
     assert shared.plan.stages == alone.plan.stages
