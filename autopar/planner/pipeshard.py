@@ -217,9 +217,8 @@ def plan_stages(graph: Graph, cluster: ClusterSpec, layout: StageLayout, *, num_
         results.append(res)
         specs = _parent_specs(sub, res)
         apply_t = _compute_of(res, sub, lambda o: o not in split.microbatched)
-        has_backward = any(piece.phase == BACKWARD for piece in split.pieces_of(s))   # a lone stage: one program
-        recompute = _compute_of(res, sub, lambda o: split.graph.ops[o].section is Section.FORWARD) \
-            if layout.remat[s] and has_backward else 0.0
+        again = frozenset(sub.graph.annotations.get(RECOMPUTED, ()))     # what the ILP charged twice, too
+        recompute = res.intra.compute_of(res.solution.choices, again.__contains__) if again else 0.0
         transfer = _transfer_time(split, s, cluster, layout.device_counts)
         est = res.plan.estimate
         peak = est.peak_memory_bytes + _held_bytes(split, s, res, sub, keep, layout.remat[s], m)
