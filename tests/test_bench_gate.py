@@ -12,7 +12,8 @@ import pytest
 from autopar.cli.main import main as cli_main
 from autopar.sharding import rules as rule_table
 from autopar.sharding.strategy import replicated_strategy
-from bench.baselines import ALPA_PLANS, Outcome, alpa_method, manual3d_grid, run_baselines
+from bench import baselines
+from bench.baselines import ALPA_PLANS, Outcome, alpa_method, alpa_outcome, manual3d_grid, run_baselines
 from bench.runner import build_case, check, load_baseline, run_suite, write_baseline
 from bench.suite import load_suite, suite_from_dict
 
@@ -193,6 +194,32 @@ def test_manual3d_grid_is_megatron_like() -> None:
     assert sum(ALPA_PLANS["wresnet_4b_16"].options()["submeshes"]) == 16
     method, dropped = alpa_method("moe_70b_64")
     assert dropped == [] and method.num_microbatches == 64 and method.logical_meshes == ((8, 1),) * 8
+    method, _ = alpa_method("wresnet_4b_16")     # the artifact's solution: 5 + 4 + 7 blocks, the head last
+    assert method.stages == (5, 4, 8) and method.submeshes == (4, 4, 8) and method.num_microbatches == 32
+
+
+@pytest.mark.parametrize("fits_from, batch, tried_want, label_want", [
+    (32, 1536, [32], "Alpa x"),                                     # the published count fits: nothing else
+    (128, 1536, [32, 64, 128], "Alpa x with 128 microbatches (32 do not fit)"),   # the first that fits
+    (64, 96, [32], "Alpa x"),                                       # 64 does not divide 96: the published one
+    (1024, 1536, [32, 64, 128, 256], "Alpa x"),                     # three doublings never fit
+])
+def test_alpa_outcome_doubles_microbatches_only_where_the_published_count_does_not_fit(
+        monkeypatch: pytest.MonkeyPatch, fits_from: int, batch: int, tried_want: list[int], label_want: str) -> None:
+    import autopar
+
+    tried: list[int] = []
+
+    def fake_evaluate(fn, args, cluster, method, label=None, donate=()):
+        tried.append(method.num_microbatches)
+        if method.num_microbatches >= fits_from:
+            return Outcome(label, "ok", step_time_s=1.0)
+        return Outcome(label, "does not fit", min_memory_bytes=2.0 ** 30)
+
+    monkeypatch.setattr(baselines, "evaluate", fake_evaluate)
+    got = alpa_outcome(None, (), None, autopar.PipeshardParallel(num_microbatches=32, stages=2), "Alpa x", batch)
+    assert tried == tried_want and got.label == label_want
+    assert got.ok == (tried_want[-1] >= fits_from)
 
 
 def test_alpa_device_mismatch_is_unavailable(suite_file: Path) -> None:
