@@ -303,8 +303,7 @@ def alpa_outcome(fn: Callable[..., Any], args: tuple[Any, ...], cluster: Any, me
         tried.append(evaluate(fn, args, cluster, dataclasses.replace(method, num_microbatches=m),
                               f"{label} with {m} microbatches ({method.num_microbatches} do not fit)", donate))
         log(f"    {tried[-1].label}: {outcome_text(tried[-1])}")
-    fits = [o for o in tried if o.ok]
-    return min(fits, key=lambda o: o.step_time_s or math.inf) if fits else first
+    return _best([o for o in tried if o.ok] or [first], label)
 
 
 def run_baselines(kinds: tuple[str, ...], fn: Callable[..., Any], args: tuple[Any, ...], cluster: Any,
